@@ -1,0 +1,1 @@
+"""The trusted side of capsup: kernel, store, policy, server, watcher, CLI."""

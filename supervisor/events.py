@@ -1,0 +1,74 @@
+"""Security events: what the kernel and the supervisor tell audit and metrics.
+
+The kernel emits one :class:`Event` per security-relevant fact, synchronously,
+before the call that caused it returns; sinks (the audit trail, the metrics)
+therefore see a denial before the reply that reports it is sent. A sink that
+cannot record an event raises, and the caller fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Event", "EventSink", "EventType", "ViolationKind"]
+
+
+class EventType(StrEnum):
+    """The audit vocabulary (docs/audit.md documents each record)."""
+
+    CAPABILITY_REQUESTED = "capability_requested"
+    CAPABILITY_GRANTED = "capability_granted"
+    CAPABILITY_DENIED = "capability_denied"
+    CAPABILITY_DELEGATED = "capability_delegated"
+    CAPABILITY_REVOKED = "capability_revoked"
+    CAPABILITY_EXPIRED = "capability_expired"
+    CAPABILITY_VALIDATED = "capability_validated"
+    CAPABILITY_VALIDATION_FAILED = "capability_validation_failed"
+    CONSTRAINT_VIOLATION = "constraint_violation"
+    SECURITY_VIOLATION = "security_violation"
+    AGENT_STARTED = "agent_started"
+    AGENT_TERMINATED = "agent_terminated"
+    KERNEL_STARTED = "kernel_started"
+    KERNEL_STATE_RESTORED = "kernel_state_restored"
+
+
+class ViolationKind(StrEnum):
+    """Why a ``security_violation`` was raised (a bounded metrics label)."""
+
+    STOLEN_ID = "stolen_id"
+    FORGED_ID = "forged_id"
+    DELEGATION_WIDENING = "delegation_widening"
+    UNAUTHENTICATED = "unauthenticated"
+    MALFORMED_INPUT = "malformed_input"
+    NOT_AUTHORIZED = "not_authorized"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One security event.
+
+    ``principal`` is the acting principal's id (an agent id, a service name,
+    or ``operator``), never a name a client claimed. ``decision`` is
+    ``"allow"`` or ``"deny"`` where a decision was made; ``reason`` the error
+    code or the validator's reason code. ``detail`` holds event-specific
+    fields (the new holder of a delegation, an exit code, a violation kind).
+    """
+
+    event: EventType
+    time: float
+    trace_id: str
+    principal: str | None = None
+    pid: int | None = None
+    capability_id: str | None = None
+    parent_id: str | None = None
+    resource: str | None = None
+    operation: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+EventSink = Callable[[Event], None]

@@ -1,0 +1,176 @@
+"""The interface between the kernel and the per-scheme validators.
+
+The kernel decides whether a capability covers an operation; a validator
+decides whether a concrete resource really lies inside the capability's
+resource and constraints. Validators are pure: they never grant, never touch
+kernel state, and import neither the supervisor nor the agent SDK. Anything a
+validator cannot parse, resolve or decide is a deny.
+
+One validator object serves each URI scheme. Besides :meth:`Validator.check`,
+which decides a concrete use, it owns the scheme's algebra, which the kernel
+uses for policy ceilings and delegation:
+
+- :meth:`~Validator.canonical_resource` parses a capability's resource once;
+- :meth:`~Validator.resource_within` compares two canonical resources segment
+  by segment (never by string prefix);
+- :meth:`~Validator.normalize_constraints` checks the scheme's closed
+  constraint vocabulary (an unknown or ill-typed key is an error);
+- :meth:`~Validator.meet_constraints` gives the strictest of two constraint
+  maps, and :meth:`~Validator.constraints_within` tells whether one is at
+  least as strict as another.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "ALLOW",
+    "COMMON_CONSTRAINTS",
+    "ConstraintError",
+    "Decision",
+    "OperationError",
+    "ResourceError",
+    "Use",
+    "Validator",
+    "ValidatorRegistry",
+    "deny",
+    "scheme_of",
+]
+
+#: Constraint keys every scheme accepts; the kernel enforces them itself.
+COMMON_CONSTRAINTS = frozenset({"max_delegation_depth"})
+
+
+class ResourceError(ValueError):
+    """A resource URI cannot be parsed or is not allowed in a capability."""
+
+
+class OperationError(ValueError):
+    """An operation is not one of the scheme's operations."""
+
+
+class ConstraintError(ValueError):
+    """A constraint map has an unknown key or an ill-typed value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A validator's verdict. ``reason`` is a stable snake_case code when denied."""
+
+    allowed: bool
+    reason: str = ""
+    detail: str = ""
+
+
+ALLOW = Decision(True)
+
+
+def deny(reason: str, detail: str = "") -> Decision:
+    """A denial with a stable reason code and a human-readable detail."""
+    return Decision(False, reason, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Use:
+    """One concrete use of a capability that the kernel asks a validator about.
+
+    ``target`` is the concrete resource (a path or file URI, an URL, a
+    ``db://NAME``); ``size`` is the number of bytes to be written or sent when
+    the caller knows it; ``statement`` is the SQL text for ``db://``.
+    """
+
+    operation: str
+    target: str
+    size: int | None = None
+    statement: str | None = None
+
+
+class Validator(ABC):
+    """The validator of one or more URI schemes."""
+
+    #: Lower-case URI schemes this validator serves.
+    schemes: ClassVar[frozenset[str]]
+    #: The canonical spelling of every operation of the scheme.
+    operations: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def canonical_resource(self, uri: str) -> str:
+        """Parse a capability resource into its one canonical URI string.
+
+        Raises :class:`ResourceError`. Two resources that name the same thing
+        have the same canonical form, so the kernel may compare them as strings.
+        """
+
+    @abstractmethod
+    def resource_within(self, inner: str, outer: str) -> bool:
+        """Whether canonical resource ``inner`` lies within canonical ``outer``."""
+
+    @abstractmethod
+    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
+        """Canonical spellings of ``operations``; raises :class:`OperationError`."""
+
+    @abstractmethod
+    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
+        """Check and normalize the scheme's constraints.
+
+        ``raw`` never holds the :data:`COMMON_CONSTRAINTS` (the kernel takes
+        them out first). Raises :class:`ConstraintError` naming the key.
+        """
+
+    @abstractmethod
+    def meet_constraints(
+        self, first: Mapping[str, Any], second: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The strictest map that satisfies both (normalized) inputs."""
+
+    def constraints_within(self, child: Mapping[str, Any], parent: Mapping[str, Any]) -> str | None:
+        """``None`` if ``child`` is at least as strict as ``parent`` on every key,
+        else the first key on which it is wider (a key the parent has and the
+        child lacks counts as wider)."""
+        met = self.meet_constraints(child, parent)
+        for key in sorted(set(met) | set(child)):
+            if met.get(key) != child.get(key):
+                return key
+        return None
+
+    @abstractmethod
+    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+        """Decide one concrete use against a capability's canonical resource and
+        normalized constraints. The operation was already checked to be granted.
+        Never raises for hostile input: what cannot be decided is a deny."""
+
+
+def scheme_of(uri: str) -> str:
+    """The lower-cased scheme of ``uri``; raises :class:`ResourceError`."""
+    scheme, sep, _ = uri.partition("://")
+    if not sep or not scheme.isascii() or not scheme.isalpha():
+        raise ResourceError(f"not a resource URI with a scheme: {uri[:200]!r}")
+    return scheme.lower()
+
+
+class ValidatorRegistry:
+    """Scheme -> validator; the only way the kernel reaches a validator."""
+
+    def __init__(self, validators: Iterable[Validator]) -> None:
+        self._by_scheme: dict[str, Validator] = {}
+        for validator in validators:
+            for scheme in validator.schemes:
+                if scheme in self._by_scheme:
+                    raise ValueError(f"two validators claim the scheme {scheme!r}")
+                self._by_scheme[scheme] = validator
+
+    @property
+    def schemes(self) -> frozenset[str]:
+        return frozenset(self._by_scheme)
+
+    def for_uri(self, uri: str) -> Validator:
+        """The validator of ``uri``'s scheme; raises :class:`ResourceError`."""
+        scheme = scheme_of(uri)
+        try:
+            return self._by_scheme[scheme]
+        except KeyError:
+            raise ResourceError(f"no validator for the scheme {scheme!r}") from None
