@@ -1,5 +1,7 @@
 """Per-scheme resource validators: pure functions that allow or deny a use."""
 
+from collections.abc import Mapping
+
 from capsup.validators.base import (
     ALLOW,
     COMMON_CONSTRAINTS,
@@ -13,17 +15,31 @@ from capsup.validators.base import (
     deny,
     scheme_of,
 )
+from capsup.validators.database import DatabaseValidator
+from capsup.validators.filesystem import FilesystemValidator
+from capsup.validators.http import HttpValidator
 
 __all__ = [
     "ALLOW",
     "COMMON_CONSTRAINTS",
     "ConstraintError",
+    "DatabaseValidator",
     "Decision",
+    "FilesystemValidator",
+    "HttpValidator",
     "OperationError",
     "ResourceError",
     "Use",
     "Validator",
     "ValidatorRegistry",
+    "default_registry",
     "deny",
     "scheme_of",
 ]
+
+
+def default_registry(databases: Mapping[str, str] | None = None) -> ValidatorRegistry:
+    """The file, http(s) and db validators; ``databases`` maps db NAME -> sqlglot dialect."""
+    return ValidatorRegistry(
+        [FilesystemValidator(), HttpValidator(), DatabaseValidator(databases or {})]
+    )

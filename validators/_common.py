@@ -1,0 +1,118 @@
+"""Checks shared by the scheme validators: plain-value constraint types.
+
+Constraint values travel over msgpack and are stored as JSON, so every
+normalized value is a plain ``int``, ``float``, ``str``, ``list`` or ``dict``;
+lists are sorted and deduplicated so that two equal constraint sets compare
+equal, which :meth:`~capsup.validators.base.Validator.constraints_within`
+relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from capsup.validators.base import ConstraintError, OperationError
+
+__all__ = [
+    "has_control_char",
+    "meet_keys",
+    "normalize_operation_names",
+    "positive_int",
+    "positive_number",
+    "string_list",
+]
+
+
+def has_control_char(text: str) -> bool:
+    """Whether ``text`` holds a C0 control character, DEL or a C1 control.
+
+    NUL truncates paths in C, newlines split headers and log lines, and tabs
+    or newlines are silently dropped by WHATWG URL parsing: none of them has a
+    legitimate place in a resource name.
+    """
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
+
+
+def normalize_operation_names(
+    operations: object, allowed: frozenset[str], fold: Callable[[str], str]
+) -> frozenset[str]:
+    """Fold every operation name with ``fold`` and check it is in ``allowed``.
+
+    A bare string is refused rather than iterated character by character.
+    """
+    if isinstance(operations, str | bytes) or not hasattr(operations, "__iter__"):
+        raise OperationError("operations must be a collection of strings")
+    result: set[str] = set()
+    for item in operations:
+        if not isinstance(item, str):
+            raise OperationError(f"operation must be a string, not {type(item).__name__}")
+        name = fold(item)
+        if name not in allowed:
+            raise OperationError(f"unknown operation {item[:100]!r}; one of {sorted(allowed)}")
+        result.add(name)
+    if not result:
+        raise OperationError("at least one operation is required")
+    return frozenset(result)
+
+
+def positive_int(key: str, value: object) -> int:
+    """A positive ``int`` (``bool`` is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConstraintError(f"{key} must be a positive integer")
+    return value
+
+
+def positive_number(key: str, value: object) -> int | float:
+    """A positive, finite ``int`` or ``float`` (not ``bool``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConstraintError(f"{key} must be a positive number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConstraintError(f"{key} must be a finite number")
+    if value <= 0:
+        raise ConstraintError(f"{key} must be a positive number")
+    return value
+
+
+def string_list(key: str, value: object, item: Callable[[str], str]) -> list[str]:
+    """A sorted, deduplicated list of strings, each normalized by ``item``.
+
+    ``item`` raises :class:`ValueError` for a bad entry; it is reported as a
+    :class:`ConstraintError` naming ``key``.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise ConstraintError(f"{key} must be a list of strings")
+    result: set[str] = set()
+    for entry in value:
+        if not isinstance(entry, str):
+            raise ConstraintError(f"{key} entries must be strings")
+        try:
+            result.add(item(entry))
+        except ValueError as error:
+            raise ConstraintError(f"{key}: {error}") from None
+    return sorted(result)
+
+
+def meet_keys(
+    first: Mapping[str, Any],
+    second: Mapping[str, Any],
+    rules: Mapping[str, Callable[[Any, Any], Any]],
+) -> dict[str, Any]:
+    """Combine two normalized constraint maps key by key.
+
+    A key present on one side only is kept as it is (the other side does not
+    limit it); a key on both sides is combined by its rule. A key without a
+    rule cannot come from a normalized map, so it is an error.
+    """
+    result: dict[str, Any] = {}
+    for key in sorted(set(first) | set(second)):
+        if key not in rules:
+            raise ConstraintError(f"unknown constraint {key!r}")
+        if key not in first:
+            result[key] = second[key]
+        elif key not in second:
+            result[key] = first[key]
+        else:
+            result[key] = rules[key](first[key], second[key])
+    return result

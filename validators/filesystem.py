@@ -1,0 +1,241 @@
+"""The ``file://`` validator: a directory tree (or one file) on this host.
+
+A capability ``file:///ws`` covers ``/ws`` and everything beneath it, compared
+segment by segment after ``..`` and every symlink are resolved, so that
+``/ws-evil``, ``/ws/../etc`` and ``/ws/link-to-etc`` all fall outside it.
+
+What a validator cannot promise: the filesystem may change between this check
+and the use (a directory swapped for a symlink). docs/capabilities.md says how
+the broker closes that race.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import stat
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from capsup.validators._common import (
+    has_control_char,
+    meet_keys,
+    normalize_operation_names,
+    positive_int,
+    string_list,
+)
+from capsup.validators.base import (
+    ALLOW,
+    ConstraintError,
+    Decision,
+    ResourceError,
+    Use,
+    Validator,
+    deny,
+)
+from capsup.validators.paths import (
+    ResolveError,
+    glob_matches,
+    is_within,
+    normalize_glob,
+    resolve,
+)
+
+__all__ = ["MAX_PATH_LENGTH", "FilesystemValidator", "TargetError", "parse_target"]
+
+#: Linux's PATH_MAX; a longer path cannot be opened anyway.
+MAX_PATH_LENGTH = 4096
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+#: Characters left as they are in a canonical file URI; everything else,
+#: ``%`` first of all, is percent-encoded so that decoding once is exact.
+_SAFE = "/!$&'()*+,;=:@-._~"
+#: Operations that may name a path that does not exist yet.
+_CREATING = frozenset({"write", "create"})
+
+
+class TargetError(ValueError):
+    """A path or file URI is malformed; ``reason`` is the reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def parse_target(target: object) -> str:
+    """The absolute path an absolute path or ``file://`` URI names.
+
+    A URI is percent-decoded exactly once (so ``%252e`` is the name ``%2e``,
+    never ``.``), as strict UTF-8 (so overlong encodings like ``%c0%ae`` are
+    refused). A plain path is taken literally: ``%`` is a legal filename
+    character. NUL and control characters, relative paths, other schemes,
+    hosts, queries and fragments are refused.
+    """
+    if not isinstance(target, str):
+        raise TargetError("bad_target", "the target must be a string")
+    if len(target) > 3 * MAX_PATH_LENGTH:
+        raise TargetError("path_too_long", "the target is too long")
+    if has_control_char(target):
+        raise TargetError("control_character", "control character in the target")
+    if target[:7].lower() == "file://":
+        path = _decode_uri_path(target)
+    elif _URI_SCHEME.match(target):
+        raise TargetError("bad_target", "not a path or a file:// URI")
+    else:
+        path = target
+    if not path.startswith("/"):
+        raise TargetError("relative_path", "the path must be absolute")
+    if len(path) > MAX_PATH_LENGTH:
+        raise TargetError("path_too_long", f"the path is longer than {MAX_PATH_LENGTH}")
+    return path
+
+
+def _decode_uri_path(uri: str) -> str:
+    rest = uri[7:]
+    if not rest.startswith("/"):
+        raise TargetError("bad_target", "a file URI must have an empty host: file:///path")
+    if "?" in rest or "#" in rest:
+        raise TargetError("bad_target", "a file URI may not have a query or fragment")
+    if _BAD_ESCAPE.search(rest):
+        raise TargetError("bad_encoding", "malformed percent-encoding")
+    try:
+        path = urllib.parse.unquote(rest, errors="strict")
+    except UnicodeDecodeError:
+        raise TargetError("bad_encoding", "percent-encoding is not valid UTF-8") from None
+    if has_control_char(path):
+        raise TargetError("control_character", "control character in the decoded path")
+    return path
+
+
+def _to_uri(path: str) -> str:
+    return "file://" + urllib.parse.quote(path, safe=_SAFE)
+
+
+@functools.lru_cache(maxsize=1024)
+def _root_of(resource: str) -> str:
+    """The resolved path of a canonical resource (its URI decoded once)."""
+    return urllib.parse.unquote(resource[7:], errors="strict")
+
+
+class FilesystemValidator(Validator):
+    """Paths beneath a resolved directory (or one file), with deny globs and a size cap."""
+
+    schemes: ClassVar[frozenset[str]] = frozenset({"file"})
+    operations: ClassVar[frozenset[str]] = frozenset(
+        {"read", "write", "list", "stat", "create", "delete"}
+    )
+
+    # -- the algebra -----------------------------------------------------------
+
+    def canonical_resource(self, uri: str) -> str:
+        """``file:///abs/dir`` with ``..`` and symlinks resolved, as of now.
+
+        Resolving at grant time pins the capability to the directory that
+        exists now: a symlink swapped in later cannot move the root.
+        """
+        if not isinstance(uri, str) or uri[:7].lower() != "file://":
+            raise ResourceError("a file resource must be a file:///absolute/path URI")
+        try:
+            path = parse_target(uri)
+            resolved = resolve(path)
+        except (TargetError, ResolveError) as error:
+            raise ResourceError(f"bad file resource: {error}") from None
+        return _to_uri(resolved.path)
+
+    def resource_within(self, inner: str, outer: str) -> bool:
+        return is_within(_root_of(inner), _root_of(outer))
+
+    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
+        return normalize_operation_names(operations, self.operations, str.lower)
+
+    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
+        """``deny``: globs relative to the resource; ``max_bytes``: a size cap."""
+        result: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key == "deny":
+                result[key] = string_list(key, value, normalize_glob)
+            elif key == "max_bytes":
+                result[key] = positive_int(key, value)
+            else:
+                raise ConstraintError(f"unknown constraint {key!r} for file resources")
+        return result
+
+    def meet_constraints(
+        self, first: Mapping[str, Any], second: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return meet_keys(first, second, _MEET)
+
+    # -- one use -----------------------------------------------------------------
+
+    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+        try:
+            return self._check(resource, constraints, use)
+        except (TargetError, ResolveError) as error:
+            return deny(error.reason, str(error))
+        except OSError as error:
+            return deny("resolve_failed", str(error))
+        except Exception as error:  # fail closed on anything unforeseen
+            return deny("validator_error", f"{type(error).__name__}: {error}")
+
+    def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+        if use.operation not in self.operations:
+            return deny("unknown_operation", f"{use.operation!r} is not a file operation")
+        root = _root_of(resource)
+        path = parse_target(use.target)
+        resolved = resolve(path)
+        if not is_within(resolved.path, root):
+            lexical = os.path.normpath(path)
+            if is_within(lexical, root):
+                return deny("symlink_escape", "a symlink leads outside the resource")
+            return deny("outside_resource", "the path is outside the resource")
+        if not resolved.exists and use.operation not in _CREATING:
+            return deny("not_found", "no such file or directory")
+        patterns = constraints.get("deny")
+        if patterns:
+            decision = _check_globs(patterns, root, path, resolved.path)
+            if decision is not None:
+                return decision
+        max_bytes = constraints.get("max_bytes")
+        if max_bytes is not None:
+            return _check_size(max_bytes, use, resolved.path)
+        return ALLOW
+
+
+def _check_globs(patterns: list[str], root: str, path: str, resolved: str) -> Decision | None:
+    """Deny if the resolved path, or the path as named, matches a deny glob.
+
+    Both spellings are checked so that neither a symlink to a denied file nor
+    a symlink named like a denied file gets around the glob.
+    """
+    for candidate in (resolved, os.path.normpath(path)):
+        if not is_within(candidate, root):
+            continue
+        relative = candidate[len(root) :].lstrip("/")
+        matched = glob_matches(patterns, relative)
+        if matched is not None:
+            return deny("denied_by_glob", f"matches the deny glob {matched!r}")
+    return None
+
+
+def _check_size(max_bytes: int, use: Use, path: str) -> Decision:
+    """``max_bytes`` caps what is written (``use.size``) and what is read (the file size)."""
+    if use.operation in _CREATING:
+        if use.size is None:
+            return deny("size_unknown", "max_bytes needs the size of what is written")
+        if use.size > max_bytes:
+            return deny("too_large", f"{use.size} bytes is more than max_bytes {max_bytes}")
+    elif use.operation == "read":
+        info = os.stat(path)  # noqa: PTH116 -- str paths on the hot path, no Path objects
+        if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
+            return deny("too_large", f"the file has {info.st_size} bytes, max_bytes {max_bytes}")
+    return ALLOW
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    return sorted(set(first) | set(second))
+
+
+_MEET: dict[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}

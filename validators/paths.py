@@ -1,0 +1,193 @@
+"""Path resolution and deny globs for the filesystem validator.
+
+Resolution is done here, component by component with ``lstat``/``readlink``,
+rather than with :func:`os.path.realpath`, because the validator needs to know
+what realpath hides: whether a symlink loop stopped the walk (realpath then
+returns the unresolved path), whether the path exists, and how many links were
+followed. Components that do not exist yet are kept lexically, which is what
+"resolve the deepest existing ancestor" means for a file about to be created.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import stat
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_SYMLINK_HOPS",
+    "ResolveError",
+    "Resolved",
+    "glob_matches",
+    "is_within",
+    "normalize_glob",
+    "resolve",
+]
+
+#: Linux's MAXSYMLINKS: more hops than this is a loop (ELOOP).
+MAX_SYMLINK_HOPS = 40
+
+
+class ResolveError(Exception):
+    """A path cannot be resolved; ``reason`` is the validator's reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """An absolute path with ``..`` and every symlink resolved.
+
+    ``exists`` is false when some component is missing; the components from
+    the first missing one on are lexical (they cannot be symlinks yet).
+    """
+
+    path: str
+    exists: bool
+
+
+def resolve(path: str) -> Resolved:
+    """Resolve the absolute ``path`` like the kernel would, one component at a time.
+
+    Raises :class:`ResolveError` on a symlink loop or when a component cannot
+    be examined (for instance a directory the supervisor may not search):
+    what cannot be resolved cannot be decided.
+    """
+    pending = path.split("/")
+    pending.reverse()
+    parts: list[str] = []
+    missing_from: int | None = None  # index in parts of the first missing component
+    hops = 0
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if parts:
+                parts.pop()
+                if missing_from is not None and len(parts) <= missing_from:
+                    missing_from = None
+            continue
+        parts.append(name)
+        if missing_from is not None:
+            continue
+        current = "/" + "/".join(parts)
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            missing_from = len(parts) - 1
+            continue
+        except OSError as error:
+            raise ResolveError("resolve_failed", f"cannot examine {current!r}: {error}") from None
+        if not stat.S_ISLNK(mode):
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise ResolveError("symlink_loop", f"more than {MAX_SYMLINK_HOPS} symlinks")
+        try:
+            link = os.readlink(current)  # noqa: PTH115 -- str paths on the hot path, no Path objects
+        except OSError as error:
+            raise ResolveError("resolve_failed", f"cannot read link {current!r}: {error}") from None
+        parts.pop()
+        if link.startswith("/"):
+            parts.clear()
+        link_parts = link.split("/")
+        link_parts.reverse()
+        pending.extend(link_parts)
+    return Resolved("/" + "/".join(parts), missing_from is None)
+
+
+def is_within(inner: str, outer: str) -> bool:
+    """Whether normalized absolute path ``inner`` is ``outer`` or beneath it, by segments."""
+    if outer == "/":
+        return inner.startswith("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
+def normalize_glob(pattern: str) -> str:
+    """The canonical spelling of a deny glob, relative to the capability root.
+
+    Empty, ``.`` and trailing segments are dropped so equal globs compare
+    equal; absolute globs and ``..`` are refused because a glob can only name
+    things beneath the root it is attached to.
+    """
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in pattern):
+        raise ValueError("a glob may not hold control characters")
+    if pattern.startswith("/"):
+        raise ValueError(f"glob {pattern[:100]!r} must be relative to the resource")
+    segments = [seg for seg in pattern.split("/") if seg not in ("", ".")]
+    if ".." in segments:
+        raise ValueError(f"glob {pattern[:100]!r} may not contain '..'")
+    if not segments:
+        raise ValueError("a glob may not be empty")
+    return "/".join(segments)
+
+
+def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | None:
+    """The first pattern that matches ``relative`` or one of its ancestors.
+
+    ``relative`` is a path beneath the capability root without a leading
+    slash ("" for the root itself). Matching an ancestor is what makes a
+    denied directory deny everything inside it.
+    """
+    for pattern in patterns:
+        if _compile(pattern).fullmatch(relative):
+            return pattern
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile(pattern: str) -> re.Pattern[str]:
+    """Translate a normalized glob into an anchored regular expression.
+
+    ``*`` and ``?`` never cross a ``/``; ``**`` as a whole segment spans any
+    number of segments; ``[...]`` is a character class (``[!...]`` negated).
+    The regex also matches every path beneath a match.
+    """
+    segments = pattern.split("/")
+    if segments[-1] == "**":
+        segments.pop()
+    pieces: list[str] = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "**":
+            pieces.append("(?:[^/]+/)*")
+        else:
+            pieces.append(_segment_regex(segment) + ("" if last else "/"))
+    body = "".join(pieces)
+    if not segments:
+        return re.compile(r".*", re.DOTALL)
+    return re.compile(body + r"(?:/.*)?", re.DOTALL)
+
+
+def _segment_regex(segment: str) -> str:
+    """The regex of one glob segment."""
+    out: list[str] = []
+    i = 0
+    while i < len(segment):
+        ch = segment[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            end = segment.find("]", i + 2 if segment[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                out.append(re.escape(ch))
+            else:
+                body = segment[i + 1 : end]
+                negate = body.startswith("!")
+                if negate:
+                    body = body[1:]
+                body = body.replace("\\", "\\\\").replace("[", "\\[").replace("^", "\\^")
+                # The lookahead keeps ranges such as [.-0] from matching "/".
+                out.append(f"(?!/)[{'^' if negate else ''}{body}]")
+                i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
