@@ -1,0 +1,861 @@
+"""The wire protocol: framing, encoding, the request envelope and each op's arguments.
+
+Both sides import this module, the SDK to build requests and read replies,
+the server to read requests and build replies, so that the two can never
+disagree about what a valid message is. It imports nothing from
+``capsup.supervisor``: the protocol is data, not policy.
+
+Everything arriving here from a socket is untrusted. Every function that
+reads wire data either returns a fully checked value or raises a
+:class:`~capsup.agents.errors.RequestError` whose message names the offending
+field, so the server can answer with a precise error and change nothing.
+docs/protocol.md is the human-readable form of this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, TypeVar
+
+import msgpack
+from capsup.agents.errors import (
+    BadRequest,
+    CapsupError,
+    InternalError,
+    MessageTooLarge,
+    UnknownOperation,
+    error_class_for_code,
+)
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_ID_LENGTH",
+    "MAX_MESSAGE_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_OPERATIONS",
+    "MAX_PLAN_REQUESTS",
+    "MAX_RESOURCE_LENGTH",
+    "MAX_SPAWN_ARGV",
+    "MAX_SPAWN_CAPABILITIES",
+    "PROTOCOL_VERSION",
+    "DelegateArgs",
+    "ListArgs",
+    "Op",
+    "OpArgs",
+    "Reply",
+    "Request",
+    "RequestArgs",
+    "RequestId",
+    "RequestPlanArgs",
+    "RevokeAgentArgs",
+    "RevokeArgs",
+    "SpawnArgs",
+    "SpawnGrant",
+    "ValidateArgs",
+    "WaitArgs",
+    "WhoamiArgs",
+    "best_effort_id",
+    "best_effort_trace_id",
+    "decode",
+    "encode",
+    "error_reply",
+    "ok_reply",
+    "parse_args",
+    "parse_delegate_args",
+    "parse_list_args",
+    "parse_reply",
+    "parse_request",
+    "parse_request_args",
+    "parse_request_plan_args",
+    "parse_revoke_agent_args",
+    "parse_revoke_args",
+    "parse_spawn_args",
+    "parse_spawn_grant",
+    "parse_validate_args",
+    "parse_wait_args",
+    "parse_whoami_args",
+    "request_payload",
+    "routing_envelope",
+]
+
+#: Bumped only for incompatible changes; documented in docs/protocol.md.
+PROTOCOL_VERSION: Final = 1
+
+#: The largest encoded message either side accepts or sends (1 MiB).
+MAX_MESSAGE_BYTES: Final = 1 << 20
+#: Deepest nesting of maps and lists; the envelope and args use three levels.
+MAX_DEPTH: Final = 32
+#: Longest request id, capability id, agent id, trace id or spawn name.
+MAX_ID_LENGTH: Final = 128
+#: Longest resource URI.
+MAX_RESOURCE_LENGTH: Final = 4096
+#: Longest operation name, and most operations in one capability.
+MAX_OPERATION_LENGTH: Final = 64
+MAX_OPERATIONS: Final = 64
+#: Largest ``metadata`` map, measured encoded: it is stored with every capability.
+MAX_METADATA_BYTES: Final = 4096
+#: Most requests in one ``request_plan``.
+MAX_PLAN_REQUESTS: Final = 64
+#: Most argv entries, and most capabilities handed to one spawned agent.
+MAX_SPAWN_ARGV: Final = 1024
+MAX_SPAWN_CAPABILITIES: Final = 64
+
+# Lists and maps longer than this are refused while decoding, before Python
+# objects are built for them; nothing legitimate comes close.
+_MAX_CONTAINER_LEN: Final = 65536
+# An error message quotes at most this much of what the client sent.
+_QUOTE_LENGTH: Final = 64
+
+_TRACE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SPAWN_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class Op(StrEnum):
+    """The operations, spelled exactly as on the wire."""
+
+    WHOAMI = "whoami"
+    REQUEST = "request"
+    VALIDATE = "validate"
+    DELEGATE = "delegate"
+    REVOKE = "revoke"
+    REVOKE_AGENT = "revoke_agent"
+    LIST = "list"
+    REQUEST_PLAN = "request_plan"
+    SPAWN = "spawn"
+    WAIT = "wait"
+
+
+RequestId = str | int
+"""A request id: chosen by the client, echoed by the server, never interpreted."""
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def encode(obj: Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
+    """Encode one message; refuse what the other side would refuse to decode.
+
+    Strings become msgpack str and bytes become bin, so the distinction
+    survives for clients in languages where it matters. Sets, dates and
+    other objects have no agreed encoding and are refused rather than
+    guessed at.
+    """
+    try:
+        data: bytes = msgpack.packb(obj, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"cannot encode message as msgpack: {exc}") from None
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"message is {len(data)} bytes, more than the {max_bytes} allowed")
+    return data
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode exactly one msgpack value from untrusted bytes.
+
+    Size is checked before parsing and container lengths while parsing, so a
+    hostile message cannot make the reader allocate much more than its own
+    size. Extension types (the timestamp included) are refused: a client in
+    another language must never need them. Every map key must be a string,
+    at every depth, and nesting is bounded.
+    """
+    if len(data) > max_bytes:
+        raise MessageTooLarge(f"message is {len(data)} bytes, more than the {max_bytes} allowed")
+    if not data:
+        raise BadRequest("empty message: expected one msgpack value")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=_MAX_CONTAINER_LEN,
+            max_map_len=_MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise BadRequest("trailing bytes after the msgpack message") from None
+    except msgpack.StackError:
+        raise BadRequest(f"message nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError:
+        raise BadRequest("a msgpack str is not valid UTF-8 (send binary data as bin)") from None
+    # The decoder is a trust boundary: whatever it raises on hostile bytes
+    # (truncation, reserved bytes, limits, ext types) is the client's error.
+    except Exception as exc:
+        raise BadRequest(f"not valid msgpack: {exc}") from None
+    _check_tree(value, 1)
+    return value
+
+
+def _check_tree(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"message nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise BadRequest("map keys must be msgpack str, not bin")
+            if isinstance(item, dict | list):
+                _check_tree(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                _check_tree(item, depth + 1)
+
+
+# -- framing ----------------------------------------------------------------
+
+
+def routing_envelope(frames: Sequence[bytes]) -> list[bytes]:
+    """The frames a ROUTER must put before its reply to this message.
+
+    That is the peer's routing id, plus the empty delimiter when the peer
+    sent one (a REQ socket always does, and drops replies without it). Call
+    this before anything that can fail, so even a badly framed message gets
+    an error reply the peer can receive.
+    """
+    if len(frames) >= 3 and frames[1] == b"":
+        return [frames[0], b""]
+    return list(frames[:1])
+
+
+def request_payload(frames: Sequence[bytes]) -> bytes:
+    """The single request frame of a message received on a ROUTER socket."""
+    body = frames[len(routing_envelope(frames)) :]
+    if len(body) != 1:
+        raise BadRequest(
+            f"a request is exactly one message frame after the optional empty delimiter, "
+            f"got {len(body)}"
+        )
+    return body[0]
+
+
+# -- the envelope -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A checked request envelope; ``args`` still needs its op's parser."""
+
+    id: RequestId
+    op: Op
+    args: dict[str, Any]
+    trace_id: str | None = None
+
+
+_ENVELOPE_KEYS: Final = frozenset({"id", "op", "args", "trace_id"})
+
+
+def parse_request(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request:
+    """Decode and check one request envelope.
+
+    Raises :class:`MessageTooLarge`, :class:`BadRequest` or
+    :class:`UnknownOperation`; the caller can still recover the id for its
+    error reply with :func:`best_effort_id`.
+    """
+    message = decode(data, max_bytes=max_bytes)
+    if not isinstance(message, dict):
+        raise BadRequest(f"a request must be a msgpack map, not {_wire_type(message)}")
+    unknown = message.keys() - _ENVELOPE_KEYS
+    if unknown:
+        raise BadRequest(f"unknown request field {_quote(min(unknown))}")
+    for key in ("id", "op"):
+        if key not in message:
+            raise BadRequest(f"request field {key!r} is missing")
+    request_id = _check_request_id(message["id"])
+    op = message["op"]
+    if not isinstance(op, str):
+        raise BadRequest(f"request field 'op' must be a str, not {_wire_type(op)}")
+    if op not in _OPS:
+        raise UnknownOperation(
+            f"unknown op {_quote(op)}; the ops are {', '.join(o.value for o in Op)}"
+        )
+    args = message.get("args")
+    if args is None:
+        args = {}
+    elif not isinstance(args, dict):
+        raise BadRequest(f"request field 'args' must be a map, not {_wire_type(args)}")
+    trace_id = message.get("trace_id")
+    if trace_id is not None:
+        trace_id = _check_trace_id(trace_id)
+    return Request(id=request_id, op=Op(op), args=args, trace_id=trace_id)
+
+
+_OPS: Final = frozenset(o.value for o in Op)
+
+
+def _check_request_id(value: object) -> RequestId:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRequest(f"request field 'id' must be a str or an int, not {_wire_type(value)}")
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise BadRequest(f"request field 'id' is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _check_trace_id(value: object) -> str:
+    if not isinstance(value, str) or not _TRACE_ID.fullmatch(value):
+        raise BadRequest(
+            "request field 'trace_id' must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return value
+
+
+def best_effort_id(data: bytes) -> RequestId | None:
+    """The request's id, if one can be read from a message that failed to parse.
+
+    Error replies echo it wherever possible so the client can match them to
+    its request; ``None`` (sent as nil) when the bytes hold no usable id.
+    """
+    return _salvage(data)[0]
+
+
+def best_effort_trace_id(data: bytes) -> str | None:
+    """The client's trace id, if a valid one can be read from a rejected message."""
+    return _salvage(data)[1]
+
+
+# The envelope has at most four keys; looking further only helps an attacker.
+_SALVAGE_KEYS: Final = 8
+
+
+def _salvage(data: bytes) -> tuple[RequestId | None, str | None]:
+    # Read the top-level map key by key and skip values without building
+    # them, so an id survives an oversized, truncated or ill-typed message.
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1), max_ext_len=0
+    )
+    unpacker.feed(data)
+    request_id: RequestId | None = None
+    trace_id: str | None = None
+    # Best effort by definition: any failure just ends the search.
+    with contextlib.suppress(Exception):
+        for _ in range(min(unpacker.read_map_header(), _SALVAGE_KEYS)):
+            key = unpacker.unpack()
+            if key == "id":
+                request_id = _check_request_id(unpacker.unpack())
+            elif key == "trace_id":
+                trace_id = _check_trace_id(unpacker.unpack())
+            else:
+                unpacker.skip()
+    return request_id, trace_id
+
+
+# -- replies ----------------------------------------------------------------
+
+
+def ok_reply(request_id: RequestId | None, result: Any, trace_id: str | None) -> bytes:
+    """Encode a success reply; raises :class:`MessageTooLarge` if the result is too big."""
+    return encode({"id": request_id, "ok": True, "result": result, "trace_id": trace_id})
+
+
+def error_reply(request_id: RequestId | None, error: CapsupError, trace_id: str | None) -> bytes:
+    """Encode an error reply carrying the error's code, message and details."""
+    return encode({"id": request_id, "ok": False, "error": error.to_wire(), "trace_id": trace_id})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A checked reply: ``error`` is the exception to raise when ``ok`` is false."""
+
+    id: RequestId | None
+    ok: bool
+    result: Any = None
+    error: CapsupError | None = None
+    trace_id: str | None = None
+
+
+def parse_reply(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Reply:
+    """Decode a reply for the client.
+
+    The server is trusted, so a malformed reply means the two sides disagree
+    about the protocol: that is raised as :class:`InternalError`, never
+    mistaken for an answer.
+    """
+    try:
+        message = decode(data, max_bytes=max_bytes)
+    except CapsupError as exc:
+        raise InternalError(f"unreadable reply from the supervisor: {exc.message}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("ok"), bool):
+        raise InternalError("malformed reply from the supervisor: no boolean 'ok'")
+    request_id = message.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | None):
+        raise InternalError("malformed reply from the supervisor: bad 'id'")
+    trace_id = message.get("trace_id")
+    if not isinstance(trace_id, str | None):
+        raise InternalError("malformed reply from the supervisor: bad 'trace_id'")
+    if message["ok"]:
+        return Reply(id=request_id, ok=True, result=message.get("result"), trace_id=trace_id)
+    return Reply(
+        id=request_id,
+        ok=False,
+        error=_error_from_wire(message.get("error"), trace_id),
+        trace_id=trace_id,
+    )
+
+
+def _error_from_wire(wire: object, trace_id: str | None) -> CapsupError:
+    if not isinstance(wire, dict):
+        raise InternalError("malformed reply from the supervisor: 'error' is not a map")
+    code, message = wire.get("code"), wire.get("message")
+    reason, capability = wire.get("reason"), wire.get("capability")
+    if not isinstance(code, str) or not isinstance(message, str):
+        raise InternalError("malformed reply from the supervisor: error without code or message")
+    if not isinstance(reason, str | None) or not isinstance(capability, str | None):
+        raise InternalError("malformed reply from the supervisor: bad error details")
+    return error_class_for_code(code)(
+        message, reason=reason, capability_id=capability, trace_id=trace_id
+    )
+
+
+# -- per-op arguments -------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+class _Fields:
+    """Takes fields out of an args map one by one, then refuses any left over.
+
+    ``where`` prefixes every message (``args``, ``args.requests[3]``) so the
+    client learns exactly which field is wrong.
+    """
+
+    def __init__(self, args: object, where: str) -> None:
+        if not isinstance(args, Mapping):
+            raise BadRequest(f"{where} must be a map, not {_wire_type(args)}")
+        for key in args:
+            if not isinstance(key, str):
+                raise BadRequest(f"{where} keys must be str, not {_wire_type(key)}")
+        self._args: Mapping[str, Any] = args
+        self._where = where
+        self._taken: set[str] = set()
+
+    def required(self, key: str, check: Callable[[object, str], _T]) -> _T:
+        self._taken.add(key)
+        if key not in self._args:
+            raise BadRequest(f"{self._where}.{key} is required")
+        return check(self._args[key], f"{self._where}.{key}")
+
+    def optional(self, key: str, check: Callable[[object, str], _T]) -> _T | None:
+        """The checked value, or ``None`` when the field is absent or nil."""
+        self._taken.add(key)
+        value = self._args.get(key)
+        return None if value is None else check(value, f"{self._where}.{key}")
+
+    def done(self) -> None:
+        unknown = self._args.keys() - self._taken
+        if unknown:
+            raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown))}")
+
+
+def _text(max_length: int) -> Callable[[object, str], str]:
+    def check(value: object, name: str) -> str:
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a str, not {_wire_type(value)}")
+        if not value:
+            raise BadRequest(f"{name} must not be empty")
+        if len(value) > max_length:
+            raise BadRequest(f"{name} is longer than {max_length} characters")
+        return value
+
+    return check
+
+
+_id_text = _text(MAX_ID_LENGTH)
+_resource_text = _text(MAX_RESOURCE_LENGTH)
+_operation_text = _text(MAX_OPERATION_LENGTH)
+
+
+def _any_text(value: object, name: str) -> str:
+    """A string whose length only the message size bounds (an SQL statement)."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a str, not {_wire_type(value)}")
+    return value
+
+
+def _operations(value: object, name: str) -> frozenset[str]:
+    if not isinstance(value, list | tuple):
+        raise BadRequest(f"{name} must be an array of str, not {_wire_type(value)}")
+    if not value:
+        raise BadRequest(f"{name} must name at least one operation")
+    if len(value) > MAX_OPERATIONS:
+        raise BadRequest(f"{name} has more than {MAX_OPERATIONS} operations")
+    return frozenset(_operation_text(op, f"{name}[{i}]") for i, op in enumerate(value))
+
+
+def _str_map(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadRequest(f"{name} must be a map, not {_wire_type(value)}")
+    if not all(isinstance(k, str) for k in value):
+        raise BadRequest(f"{name} keys must be str")
+    return dict(value)
+
+
+def _metadata(value: object, name: str) -> dict[str, Any]:
+    metadata = _str_map(value, name)
+    try:
+        size = len(encode(metadata))
+    except CapsupError:
+        raise BadRequest(f"{name} must hold only msgpack values") from None
+    if size > MAX_METADATA_BYTES:
+        raise BadRequest(f"{name} is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number, not {_wire_type(value)}")
+    return float(value)
+
+
+def _positive_seconds(value: object, name: str) -> float:
+    seconds = _number(value, name)
+    if seconds <= 0:
+        raise BadRequest(f"{name} must be greater than 0 seconds")
+    return seconds
+
+
+def _non_negative_seconds(value: object, name: str) -> float:
+    seconds = _number(value, name)
+    if seconds < 0:
+        raise BadRequest(f"{name} must not be negative")
+    return seconds
+
+
+def _size(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"{name} must be an int >= 0")
+    return value
+
+
+def _argv(value: object, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise BadRequest(f"{name} must be an array of str, not {_wire_type(value)}")
+    if not value:
+        raise BadRequest(f"{name} must not be empty")
+    if len(value) > MAX_SPAWN_ARGV:
+        raise BadRequest(f"{name} has more than {MAX_SPAWN_ARGV} entries")
+    argv = tuple(_any_text(arg, f"{name}[{i}]") for i, arg in enumerate(value))
+    if not argv[0]:
+        raise BadRequest(f"{name}[0] must name a program")
+    for i, arg in enumerate(argv):
+        # The OS cannot pass a NUL inside an argument; refuse it here, clearly.
+        if "\0" in arg:
+            raise BadRequest(f"{name}[{i}] contains a NUL character")
+    return argv
+
+
+def _spawn_name(value: object, name: str) -> str:
+    if not isinstance(value, str) or not _SPAWN_NAME.fullmatch(value):
+        raise BadRequest(f"{name} must be 1 to 128 characters of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def _array(value: object, name: str, max_items: int) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise BadRequest(f"{name} must be an array, not {_wire_type(value)}")
+    if len(value) > max_items:
+        raise BadRequest(f"{name} has more than {max_items} entries")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WhoamiArgs:
+    """``whoami`` takes no arguments."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListArgs:
+    """``list`` takes no arguments."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArgs:
+    """``request``: ask the kernel for a new capability.
+
+    ``constraints`` and ``ttl`` are ``None`` when the client sent none, so
+    that policy, not this parser, decides what an absent value means.
+    """
+
+    resource: str
+    operations: frozenset[str]
+    constraints: dict[str, Any] | None = None
+    ttl: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateArgs:
+    """``validate``: may this capability perform ``operation`` on ``resource``?
+
+    ``size`` (bytes to be written or read) and ``statement`` (SQL for a
+    ``db://`` resource) feed the validators' constraint checks.
+    """
+
+    capability: str
+    operation: str
+    resource: str
+    size: int | None = None
+    statement: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DelegateArgs:
+    """``delegate``: derive a narrower capability for agent ``to``.
+
+    Every ``None`` field means "as the parent has it"; the kernel refuses a
+    value that would widen the parent.
+    """
+
+    capability: str
+    to: str
+    resource: str | None = None
+    operations: frozenset[str] | None = None
+    constraints: dict[str, Any] | None = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeArgs:
+    """``revoke``: revoke one capability and everything delegated from it."""
+
+    capability: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeAgentArgs:
+    """``revoke_agent``: revoke everything one agent holds."""
+
+    agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlanArgs:
+    """``request_plan``: several requests granted all together or not at all."""
+
+    requests: tuple[RequestArgs, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnGrant:
+    """One capability to delegate to a spawned agent; ``None`` fields inherit."""
+
+    capability: str
+    resource: str | None = None
+    operations: frozenset[str] | None = None
+    constraints: dict[str, Any] | None = None
+    ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnArgs:
+    """``spawn``: start a sub-agent and delegate capabilities to it."""
+
+    argv: tuple[str, ...]
+    name: str | None = None
+    capabilities: tuple[SpawnGrant, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WaitArgs:
+    """``wait``: block until a sub-agent exits; ``timeout`` ``None`` waits forever."""
+
+    agent: str
+    timeout: float | None = None
+
+
+OpArgs = (
+    WhoamiArgs
+    | RequestArgs
+    | ValidateArgs
+    | DelegateArgs
+    | RevokeArgs
+    | RevokeAgentArgs
+    | ListArgs
+    | RequestPlanArgs
+    | SpawnArgs
+    | WaitArgs
+)
+"""The checked arguments of any op; ``match`` on the class to dispatch."""
+
+
+def parse_whoami_args(args: Mapping[str, Any], *, where: str = "args") -> WhoamiArgs:
+    """Check ``whoami``'s (empty) arguments."""
+    _Fields(args, where).done()
+    return WhoamiArgs()
+
+
+def parse_list_args(args: Mapping[str, Any], *, where: str = "args") -> ListArgs:
+    """Check ``list``'s (empty) arguments."""
+    _Fields(args, where).done()
+    return ListArgs()
+
+
+def parse_request_args(args: Mapping[str, Any], *, where: str = "args") -> RequestArgs:
+    """Check ``request``'s arguments (also each entry of a ``request_plan``)."""
+    f = _Fields(args, where)
+    parsed = RequestArgs(
+        resource=f.required("resource", _resource_text),
+        operations=f.required("operations", _operations),
+        constraints=f.optional("constraints", _str_map),
+        ttl=f.optional("ttl", _positive_seconds),
+        metadata=f.optional("metadata", _metadata) or {},
+    )
+    f.done()
+    return parsed
+
+
+def parse_validate_args(args: Mapping[str, Any], *, where: str = "args") -> ValidateArgs:
+    """Check ``validate``'s arguments."""
+    f = _Fields(args, where)
+    parsed = ValidateArgs(
+        capability=f.required("capability", _id_text),
+        operation=f.required("operation", _operation_text),
+        resource=f.required("resource", _resource_text),
+        size=f.optional("size", _size),
+        statement=f.optional("statement", _any_text),
+    )
+    f.done()
+    return parsed
+
+
+def parse_delegate_args(args: Mapping[str, Any], *, where: str = "args") -> DelegateArgs:
+    """Check ``delegate``'s arguments."""
+    f = _Fields(args, where)
+    parsed = DelegateArgs(
+        capability=f.required("capability", _id_text),
+        to=f.required("to", _id_text),
+        resource=f.optional("resource", _resource_text),
+        operations=f.optional("operations", _operations),
+        constraints=f.optional("constraints", _str_map),
+        ttl=f.optional("ttl", _positive_seconds),
+    )
+    f.done()
+    return parsed
+
+
+def parse_revoke_args(args: Mapping[str, Any], *, where: str = "args") -> RevokeArgs:
+    """Check ``revoke``'s arguments."""
+    f = _Fields(args, where)
+    parsed = RevokeArgs(capability=f.required("capability", _id_text))
+    f.done()
+    return parsed
+
+
+def parse_revoke_agent_args(args: Mapping[str, Any], *, where: str = "args") -> RevokeAgentArgs:
+    """Check ``revoke_agent``'s arguments."""
+    f = _Fields(args, where)
+    parsed = RevokeAgentArgs(agent=f.required("agent", _id_text))
+    f.done()
+    return parsed
+
+
+def parse_request_plan_args(args: Mapping[str, Any], *, where: str = "args") -> RequestPlanArgs:
+    """Check ``request_plan``'s arguments: 1 to 64 ``request`` argument maps."""
+    f = _Fields(args, where)
+
+    def requests(value: object, name: str) -> tuple[RequestArgs, ...]:
+        items = _array(value, name, MAX_PLAN_REQUESTS)
+        if not items:
+            raise BadRequest(f"{name} must hold at least one request")
+        return tuple(parse_request_args(r, where=f"{name}[{i}]") for i, r in enumerate(items))
+
+    parsed = RequestPlanArgs(requests=f.required("requests", requests))
+    f.done()
+    return parsed
+
+
+def parse_spawn_grant(grant: Mapping[str, Any], *, where: str = "args") -> SpawnGrant:
+    """Check one entry of ``spawn``'s ``capabilities``."""
+    f = _Fields(grant, where)
+    parsed = SpawnGrant(
+        capability=f.required("capability", _id_text),
+        resource=f.optional("resource", _resource_text),
+        operations=f.optional("operations", _operations),
+        constraints=f.optional("constraints", _str_map),
+        ttl=f.optional("ttl", _positive_seconds),
+    )
+    f.done()
+    return parsed
+
+
+def parse_spawn_args(args: Mapping[str, Any], *, where: str = "args") -> SpawnArgs:
+    """Check ``spawn``'s arguments."""
+    f = _Fields(args, where)
+
+    def grants(value: object, name: str) -> tuple[SpawnGrant, ...]:
+        items = _array(value, name, MAX_SPAWN_CAPABILITIES)
+        return tuple(parse_spawn_grant(g, where=f"{name}[{i}]") for i, g in enumerate(items))
+
+    parsed = SpawnArgs(
+        argv=f.required("argv", _argv),
+        name=f.optional("name", _spawn_name),
+        capabilities=f.optional("capabilities", grants) or (),
+    )
+    f.done()
+    return parsed
+
+
+def parse_wait_args(args: Mapping[str, Any], *, where: str = "args") -> WaitArgs:
+    """Check ``wait``'s arguments."""
+    f = _Fields(args, where)
+    parsed = WaitArgs(
+        agent=f.required("agent", _id_text),
+        timeout=f.optional("timeout", _non_negative_seconds),
+    )
+    f.done()
+    return parsed
+
+
+_PARSERS: Final[Mapping[Op, Callable[[Mapping[str, Any]], OpArgs]]] = {
+    Op.WHOAMI: parse_whoami_args,
+    Op.REQUEST: parse_request_args,
+    Op.VALIDATE: parse_validate_args,
+    Op.DELEGATE: parse_delegate_args,
+    Op.REVOKE: parse_revoke_args,
+    Op.REVOKE_AGENT: parse_revoke_agent_args,
+    Op.LIST: parse_list_args,
+    Op.REQUEST_PLAN: parse_request_plan_args,
+    Op.SPAWN: parse_spawn_args,
+    Op.WAIT: parse_wait_args,
+}
+
+
+def parse_args(request: Request) -> OpArgs:
+    """Check a request's ``args`` with its op's parser."""
+    return _PARSERS[request.op](request.args)
+
+
+# -- messages ---------------------------------------------------------------
+
+
+def _wire_type(value: object) -> str:
+    """The msgpack name of a decoded value's type, for error messages."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bytes):
+        return "bin"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "map"
+    return type(value).__name__
+
+
+def _quote(text: str) -> str:
+    """Quote client-sent text in a message without echoing a megabyte of it."""
+    if len(text) > _QUOTE_LENGTH:
+        return repr(text[:_QUOTE_LENGTH]) + "..."
+    return repr(text)
