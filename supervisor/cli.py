@@ -26,7 +26,10 @@ class UsageError(Exception):
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 #: Modules that add sub-commands; each has ``register(subparsers)``.
-COMMANDS: list[str] = []
+COMMANDS: list[str] = [
+    "capsup.supervisor.run_cli",
+    "capsup.supervisor.audit_cli",
+]
 
 
 def _version() -> str:
@@ -65,7 +68,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Confine a new agent process, then become the agent.
+
+The supervisor starts every agent as ``python -m capsup.agents.bootstrap
+--supervisor PID -- ARGV...``. Before the agent's own code runs, this:
+
+- asks the kernel to SIGKILL the process when the supervisor dies
+  (``PR_SET_PDEATHSIG``), then checks the supervisor did not die before that
+  took effect: an agent must never outlive the supervisor that accounts for
+  it (fail closed);
+- sets ``PR_SET_NO_NEW_PRIVS`` so that nothing the agent executes can gain
+  privileges through setuid binaries or file capabilities;
+- replaces itself with the agent (``execvp``), keeping its pid and create
+  time, which is how the supervisor identifies it.
+
+Both settings survive ``execve``. Stronger confinement (rlimits, Landlock)
+belongs here as well; see DESIGN.md, "Rooms to come".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+__all__ = ["main"]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
+#: Exit status when the agent could not be started (as a shell's "not executable").
+EXIT_CANNOT_START = 126
+EXIT_NOT_FOUND = 127
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}) failed: {os.strerror(errno)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 4 or args[0] != "--supervisor" or args[2] != "--":
+        print(
+            "usage: python -m capsup.agents.bootstrap --supervisor PID -- ARGV...", file=sys.stderr
+        )
+        return 2
+    supervisor = int(args[1])
+    command = args[3:]
+    if sys.platform.startswith("linux"):
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    if os.getppid() != supervisor:
+        # The supervisor died between fork and prctl: nobody would revoke
+        # what this agent obtains, so it must not start at all.
+        return EXIT_CANNOT_START
+    try:
+        os.execvp(command[0], command)  # noqa: S606 - becoming the agent is the point
+    except FileNotFoundError:
+        print(f"capsup: agent command not found: {command[0]}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except OSError as error:
+        print(f"capsup: cannot start agent {command[0]}: {error.strerror}", file=sys.stderr)
+        return EXIT_CANNOT_START
+
+
+if __name__ == "__main__":
+    sys.exit(main())

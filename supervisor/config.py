@@ -1,0 +1,151 @@
+"""The supervisor's TOML configuration: policy, databases and settings.
+
+Loading is strict: an unknown section or key, or a value of the wrong type,
+fails the load with :class:`ConfigError` naming the file, the key and what is
+wrong. A configuration that half-loads would be a policy nobody wrote.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling
+from capsup.validators import ValidatorRegistry, default_registry
+
+__all__ = ["Config", "ConfigError", "DatabaseConfig", "Settings", "load_config", "parse_config"]
+
+_SECTIONS = frozenset({"agents", "databases", "supervisor"})
+
+#: URL scheme of a database -> sqlglot dialect.
+_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "postgres": "postgres", "mysql": "mysql"}
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names file, key and problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    name: str
+    url: str
+    dialect: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """``[supervisor]``: how the supervisor runs, as opposed to what it allows."""
+
+    grace_period: float = 5.0
+    tombstone_retention: float = 86400.0
+    max_message_bytes: int = 1 << 20
+
+
+_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "grace_period": (int, float),
+    "tombstone_retention": (int, float),
+    "max_message_bytes": (int,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: Policy = field(default_factory=Policy)
+    databases: Mapping[str, DatabaseConfig] = field(default_factory=dict)
+    settings: Settings = field(default_factory=Settings)
+    validators: ValidatorRegistry = field(default_factory=default_registry)
+    source: str = "<defaults>"
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check a TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "<config>") -> Config:
+    """Check an already-parsed TOML document."""
+    try:
+        return _parse(data, source)
+    except PolicyError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def _parse(data: Mapping[str, Any], source: str) -> Config:
+    unknown = set(data) - _SECTIONS
+    if unknown:
+        raise PolicyError(f"unknown section [{sorted(unknown)[0]}]")
+    databases = _parse_databases(_table(data, "databases"))
+    validators = default_registry({name: db.dialect for name, db in databases.items()})
+    ceilings: dict[str, tuple[Ceiling, ...]] = {}
+    for name, entry in _table(data, "agents").items():
+        where = f"agents.{name}"
+        if not isinstance(entry, Mapping):
+            raise PolicyError(f"{where}: must be a table")
+        extra = set(entry) - {"allow"}
+        if extra:
+            raise PolicyError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        allow = entry.get("allow", [])
+        if not isinstance(allow, list):
+            raise PolicyError(f"{where}.allow: must be a list of tables")
+        ceilings[name] = tuple(
+            parse_ceiling(item, validators, f"{where}.allow[{i}]") for i, item in enumerate(allow)
+        )
+    return Config(
+        policy=Policy(ceilings),
+        databases=databases,
+        settings=_parse_settings(_table(data, "supervisor")),
+        validators=validators,
+        source=source,
+    )
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise PolicyError(f"[{key}] must be a table")
+    return value
+
+
+def _parse_databases(section: Mapping[str, Any]) -> dict[str, DatabaseConfig]:
+    databases = {}
+    for name, entry in section.items():
+        where = f"databases.{name}"
+        if not isinstance(entry, Mapping):
+            raise PolicyError(f"{where}: must be a table")
+        extra = set(entry) - {"url", "dialect"}
+        if extra:
+            raise PolicyError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        url = entry.get("url")
+        if not isinstance(url, str) or "://" not in url:
+            raise PolicyError(f"{where}.url: required, a URL such as sqlite:///path/to.db")
+        dialect = entry.get("dialect", _DIALECTS.get(url.partition("://")[0].lower()))
+        if not isinstance(dialect, str):
+            raise PolicyError(f"{where}.dialect: cannot tell the SQL dialect of {url!r}; set it")
+        databases[name] = DatabaseConfig(name, url, dialect)
+    return databases
+
+
+def _parse_settings(section: Mapping[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        types = _SETTING_TYPES.get(key)
+        if types is None:
+            raise PolicyError(f"supervisor: unknown key {key!r}")
+        if not isinstance(value, types):
+            raise PolicyError(f"supervisor.{key}: must be a positive number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise PolicyError(f"supervisor.{key}: must be a positive number")
+        values[key] = value
+    return Settings(**values)

@@ -1,0 +1,109 @@
+"""Policy: the configured ceilings, per principal name.
+
+A principal is granted a capability only if the request lies within one of
+its ceilings; a principal with no entry can be granted nothing. Ceilings are
+parsed once, at load, with the same validators the kernel uses, so a typo in
+a resource or a constraint fails the load instead of silently never matching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from capsup.validators import (
+    ConstraintError,
+    OperationError,
+    ResourceError,
+    ValidatorRegistry,
+)
+
+__all__ = ["DEFAULT_TTL", "Ceiling", "Policy", "PolicyError", "parse_ceiling"]
+
+#: Lifetime of a grant that names no ttl, unless its ceiling's max_ttl is shorter.
+DEFAULT_TTL = 3600.0
+
+_CEILING_KEYS = frozenset(
+    {"resource", "operations", "constraints", "max_ttl", "max_delegation_depth"}
+)
+
+
+class PolicyError(ValueError):
+    """A ceiling is malformed; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """The widest capability one entry of the policy allows."""
+
+    resource: str
+    operations: frozenset[str]
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    max_ttl: float | None = None
+    max_delegation_depth: int = 0
+
+    @property
+    def default_ttl(self) -> float:
+        return DEFAULT_TTL if self.max_ttl is None else min(DEFAULT_TTL, self.max_ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Principal name -> its ceilings."""
+
+    ceilings: Mapping[str, Sequence[Ceiling]] = field(default_factory=dict)
+
+    def ceilings_for(self, name: str) -> Sequence[Ceiling]:
+        return self.ceilings.get(name, ())
+
+
+def parse_ceiling(raw: object, validators: ValidatorRegistry, where: str) -> Ceiling:
+    """One ``allow`` entry; ``where`` names it in errors (``agents.x.allow[0]``)."""
+    if not isinstance(raw, Mapping):
+        raise PolicyError(f"{where}: must be a table, not {type(raw).__name__}")
+    unknown = set(raw) - _CEILING_KEYS
+    if unknown:
+        raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    resource = raw.get("resource")
+    if not isinstance(resource, str):
+        raise PolicyError(f"{where}.resource: required, a resource URI string")
+    try:
+        validator = validators.for_uri(resource)
+        canonical = validator.canonical_resource(resource)
+    except ResourceError as error:
+        raise PolicyError(f"{where}.resource: {error}") from None
+    operations = raw.get("operations")
+    if not isinstance(operations, list) or not operations:
+        raise PolicyError(f"{where}.operations: required, a non-empty list")
+    try:
+        ops = validator.normalize_operations(operations)
+    except OperationError as error:
+        raise PolicyError(f"{where}.operations: {error}") from None
+    constraints = raw.get("constraints", {})
+    if not isinstance(constraints, Mapping):
+        raise PolicyError(f"{where}.constraints: must be a table")
+    if "max_delegation_depth" in constraints:
+        raise PolicyError(
+            f"{where}.constraints.max_delegation_depth: set it on the entry itself,"
+            " as max_delegation_depth"
+        )
+    try:
+        normalized = validator.normalize_constraints(constraints)
+    except ConstraintError as error:
+        raise PolicyError(f"{where}.constraints: {error}") from None
+    max_ttl = raw.get("max_ttl")
+    if max_ttl is not None and (
+        isinstance(max_ttl, bool) or not isinstance(max_ttl, int | float) or not max_ttl > 0
+    ):
+        raise PolicyError(f"{where}.max_ttl: must be a positive number of seconds")
+    depth = raw.get("max_delegation_depth", 0)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= 64:
+        raise PolicyError(f"{where}.max_delegation_depth: must be an integer from 0 to 64")
+    return Ceiling(
+        resource=canonical,
+        operations=ops,
+        constraints=normalized,
+        max_ttl=None if max_ttl is None else float(max_ttl),
+        max_delegation_depth=depth,
+    )

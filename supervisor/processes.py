@@ -1,0 +1,193 @@
+"""Agent processes: spawning, identifying, signalling and reaping them.
+
+Every agent is a direct child of the supervisor, started through
+:mod:`capsup.agents.bootstrap` (which ties its life to the supervisor's), and
+is known by ``(pid, create time)``, as psutil identifies processes, so that a
+recycled pid is never mistaken for an agent. A pidfd per agent lets the server
+learn of an exit in the same poll as its socket, by event, not by polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import psutil
+from capsup.agents.errors import SpawnFailed
+
+__all__ = ["AgentProcess", "ProcessTable", "exit_status", "new_agent_id"]
+
+#: How many ancestors to walk from a connecting process to its agent.
+_MAX_ANCESTRY = 32
+
+
+@dataclass(eq=False)
+class AgentProcess:
+    """One spawned agent."""
+
+    agent_id: str
+    name: str
+    popen: subprocess.Popen[bytes]
+    create_time: float
+    pidfd: int
+    parent: str | None = None
+    children: set[str] = field(default_factory=set)
+    returncode: int | None = None
+    kill_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+
+def new_agent_id(name: str) -> str:
+    """A fresh agent id; readable, and random so ids are never reused."""
+    return f"agent-{name[:32]}-{secrets.token_hex(4)}"
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's view of a return code: 128+N when signal N ended the process."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class ProcessTable:
+    """The supervisor's agents, by id, by pidfd and by (pid, create time)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._endpoint = endpoint
+        self._by_id: dict[str, AgentProcess] = {}
+        self._by_pidfd: dict[int, AgentProcess] = {}
+        self._by_key: dict[tuple[int, float], AgentProcess] = {}
+
+    def __iter__(self) -> Iterator[AgentProcess]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, agent_id: str) -> AgentProcess | None:
+        return self._by_id.get(agent_id)
+
+    def by_pidfd(self, fd: int) -> AgentProcess | None:
+        return self._by_pidfd.get(fd)
+
+    @property
+    def running(self) -> list[AgentProcess]:
+        return [agent for agent in self._by_id.values() if agent.running]
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        agent_id: str,
+        name: str,
+        parent: str | None = None,
+        stdin_devnull: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> AgentProcess:
+        """Start ``argv`` as an agent; raises :class:`SpawnFailed`."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSUP_")}
+        env.update(extra_env or {})
+        env["CAPSUP_ENDPOINT"] = self._endpoint
+        env["CAPSUP_AGENT_ID"] = agent_id
+        command = [
+            sys.executable,
+            "-m",
+            "capsup.agents.bootstrap",
+            "--supervisor",
+            str(os.getpid()),
+            "--",
+            *argv,
+        ]
+        try:
+            popen = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL if stdin_devnull else None,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise SpawnFailed(f"cannot start {argv[0]!r}: {error.strerror}") from None
+        pidfd = os.pidfd_open(popen.pid)
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            # Gone already; the pidfd is readable and the exit is handled as usual.
+            create_time = 0.0
+        agent = AgentProcess(agent_id, name, popen, create_time, pidfd, parent)
+        self._by_id[agent_id] = agent
+        self._by_pidfd[pidfd] = agent
+        self._by_key[(popen.pid, create_time)] = agent
+        if parent is not None and parent in self._by_id:
+            self._by_id[parent].children.add(agent_id)
+        return agent
+
+    def identify(self, pid: int) -> AgentProcess | None:
+        """The running agent that is ``pid`` or one of its ancestors, if any."""
+        try:
+            process: psutil.Process | None = psutil.Process(pid)
+            for _ in range(_MAX_ANCESTRY):
+                if process is None or process.pid in (0, 1, os.getpid()):
+                    return None
+                agent = self._by_key.get((process.pid, process.create_time()))
+                if agent is not None:
+                    return agent if agent.running else None
+                process = process.parent()
+        except psutil.Error:
+            return None
+        return None
+
+    def reap(self, agent: AgentProcess) -> int:
+        """Collect an exited agent's return code and forget its pidfd."""
+        if agent.returncode is None:
+            agent.returncode = agent.popen.wait()
+            self._by_pidfd.pop(agent.pidfd, None)
+            self._by_key.pop((agent.pid, agent.create_time), None)
+            os.close(agent.pidfd)
+        return agent.returncode
+
+    def forget(self, agent: AgentProcess) -> None:
+        """Drop a reaped agent once nobody can wait for it any more."""
+        self._by_id.pop(agent.agent_id, None)
+        parent = self._by_id.get(agent.parent) if agent.parent else None
+        if parent is not None:
+            parent.children.discard(agent.agent_id)
+
+    def send_signal(self, agent: AgentProcess, signum: int) -> None:
+        """Signal a running agent through its pidfd, which cannot hit a recycled pid."""
+        if agent.running:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(agent.pidfd, signum)
+
+    def stop(self, agent: AgentProcess, now: float, grace: float) -> None:
+        """SIGTERM now, SIGKILL at ``now + grace`` if still running."""
+        if agent.running and agent.kill_at is None:
+            self.send_signal(agent, signal.SIGTERM)
+            agent.kill_at = now + grace
+
+    def kill_overdue(self, now: float) -> None:
+        for agent in self._by_id.values():
+            if agent.running and agent.kill_at is not None and now >= agent.kill_at:
+                self.send_signal(agent, signal.SIGKILL)
+
+    def next_kill(self) -> float | None:
+        deadlines = [a.kill_at for a in self._by_id.values() if a.running and a.kill_at]
+        return min(deadlines) if deadlines else None
+
+    def descendants(self, agent_id: str) -> list[AgentProcess]:
+        """Every sub-agent spawned by ``agent_id``, transitively."""
+        found = []
+        stack = list(self._by_id[agent_id].children) if agent_id in self._by_id else []
+        while stack:
+            child = self._by_id.get(stack.pop())
+            if child is not None:
+                found.append(child)
+                stack.extend(child.children)
+        return found

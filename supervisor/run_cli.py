@@ -1,0 +1,112 @@
+"""``capsup run``: one agent under a foreground supervisor.
+
+The agent inherits stdin, stdout and stderr; SIGINT, SIGTERM and SIGHUP reach
+it; capsup exits with its exit status (128+N when signal N ended it) after
+revoking its capabilities and flushing state. It should feel like running the
+agent directly, with a kernel in between it and everything it touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from capsup.agents.errors import AuditUnavailable
+from capsup.supervisor.cli import UsageError
+from capsup.supervisor.config import Config, ConfigError, load_config
+from capsup.supervisor.runtime import MetricsUnavailable, Runtime, RuntimeOptions
+from capsup.supervisor.server import exit_code_of, new_trace_id
+from capsup.supervisor.store import StoreError
+
+__all__ = ["register"]
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run an agent under a foreground supervisor",
+        description="Run AGENT under a supervisor in the foreground. A .py file runs with "
+        "this Python; anything else runs as a command (use -- before it).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="policy and settings (TOML)")
+    parser.add_argument("--name", help="the agent's policy name (default: the file's stem)")
+    parser.add_argument("--state", metavar="PATH", help="SQLite state file (default: memory)")
+    parser.add_argument("--audit-log", metavar="PATH", help="audit trail (JSON Lines)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics there")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help="time an agent gets to exit after a signal before SIGKILL",
+    )
+    parser.add_argument("agent", metavar="AGENT", help="agent script or command")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    parser.set_defaults(handler=run)
+
+
+def agent_argv(agent: str, args: list[str]) -> tuple[list[str], str]:
+    """The command line and the default policy name for AGENT."""
+    if agent.endswith(".py"):
+        path = Path(agent)
+        if not path.is_file():
+            raise UsageError(f"agent script not found: {agent}")
+        return [sys.executable, str(path), *args], path.stem
+    if shutil.which(agent) is None:
+        raise UsageError(f"agent command not found: {agent} (is it on PATH?)")
+    return [agent, *args], Path(agent).stem
+
+
+def run(args: argparse.Namespace) -> int:
+    argv, default_name = agent_argv(args.agent, list(args.args))
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as error:
+        raise UsageError(f"{error}") from None
+    grace = args.grace if args.grace is not None else config.settings.grace_period
+    runtime_dir = tempfile.mkdtemp(prefix="capsup-", dir=os.environ.get("XDG_RUNTIME_DIR"))
+    options = RuntimeOptions(
+        endpoint=f"ipc://{runtime_dir}/capsup.sock",
+        state=args.state or ":memory:",
+        audit_log=args.audit_log,
+        metrics=args.metrics,
+        grace_period=grace,
+    )
+    try:
+        runtime = Runtime(config, options)
+    except (MetricsUnavailable, StoreError, AuditUnavailable) as error:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        raise UsageError(str(error)) from None
+    with runtime:
+        server = runtime.server
+        server.install_signal_handlers(_FORWARDED)
+        agent = server.start_agent(argv, name=args.name or default_name, trace_id=new_trace_id())
+        while agent.running:
+            server.turn(timeout=1.0)
+            for signum in server.pending_signals:
+                # A Ctrl-C typed at a terminal already reached the agent, which
+                # shares our foreground process group; do not deliver it twice.
+                if not (signum == signal.SIGINT and _terminal_sent_it()):
+                    server.processes.send_signal(agent, signum)
+                if agent.kill_at is None:
+                    agent.kill_at = time.time() + grace
+            server.pending_signals.clear()
+        server.stop_all()
+        code = exit_code_of(agent)
+    shutil.rmtree(runtime_dir, ignore_errors=True)
+    return code
+
+
+def _terminal_sent_it() -> bool:
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False

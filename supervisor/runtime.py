@@ -1,0 +1,148 @@
+"""Assembling a running supervisor: store, kernel, audit, metrics, server.
+
+``capsup run`` (and any other front end) builds one :class:`Runtime` and
+drives its server; closing the runtime flushes the audit trail, closes the
+state store and stops the metrics endpoint, in that order, so nothing
+acknowledged is left in a buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from capsup.supervisor.audit import (
+    HEAD_META_KEY,
+    AuditHead,
+    AuditLog,
+    default_audit_path,
+    format_head,
+    parse_head,
+)
+from capsup.supervisor.config import Config
+from capsup.supervisor.events import Event, EventSink, EventType
+from capsup.supervisor.kernel import Kernel
+from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
+from capsup.supervisor.server import Server, new_trace_id
+from capsup.supervisor.store import Store
+
+__all__ = ["MetricsUnavailable", "Runtime", "RuntimeOptions", "count_into", "fan_out"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    endpoint: str
+    state: str = ":memory:"
+    audit_log: str | None = None
+    metrics: str | None = None
+    grace_period: float = 5.0
+
+
+def fan_out(*sinks: EventSink) -> EventSink:
+    """One sink that feeds several, in order (the audit trail first: if it
+    raises, the event is not counted as done anywhere)."""
+
+    def sink(event: Event) -> None:
+        for each in sinks:
+            each(event)
+
+    return sink
+
+
+def count_into(metrics: Metrics) -> EventSink:
+    """The metrics sink, plus the counts that events imply but do not name."""
+
+    def sink(event: Event) -> None:
+        metrics(event)
+        if event.event == EventType.AGENT_STARTED:
+            metrics.agent_started()
+        elif event.event == EventType.AGENT_TERMINATED:
+            metrics.agent_exited(str(event.detail.get("reason", "other")))
+        elif "cascade_size" in event.detail:
+            metrics.observe_revocation_cascade(int(event.detail["cascade_size"]))
+
+    return sink
+
+
+class MetricsUnavailable(Exception):
+    """The metrics endpoint could not be started where the user asked."""
+
+
+def run_audit_path() -> Path:
+    """A per-run trail next to the default one, so concurrent ``capsup run``
+    sessions never interleave two writers in one hash chain."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return default_audit_path().parent / "runs" / f"{stamp}-{os.getpid()}.jsonl"
+
+
+class Runtime:
+    """A supervisor, assembled from a config and the command line's options."""
+
+    def __init__(self, config: Config, options: RuntimeOptions) -> None:
+        self.config = config
+        self.store = Store(options.state)
+        known = self.store.get_meta(HEAD_META_KEY)
+        known_head: AuditHead | None = parse_head(known) if known else None
+        self.metrics = Metrics()
+        self.audit = AuditLog(
+            options.audit_log or run_audit_path(),
+            known_head=known_head,
+            on_head=self._remember_head,
+            on_written=self.metrics.audit_records_written,
+            on_error=self.metrics.audit_write_failed,
+        )
+        sink = fan_out(self.audit, count_into(self.metrics))
+        self.kernel = Kernel(
+            store=self.store,
+            policy=config.policy,
+            validators=config.validators,
+            sink=sink,
+            tombstone_retention=config.settings.tombstone_retention,
+        )
+        self.kernel.start(now=time.time(), trace_id=new_trace_id())
+        self.server = Server(
+            self.kernel,
+            options.endpoint,
+            sink=sink,
+            grace_period=options.grace_period,
+            max_message_bytes=config.settings.max_message_bytes,
+            observe_request=self.metrics.observe_request,
+            on_idle=self.audit.flush_if_due,
+        )
+        self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
+        self.metrics_server: MetricsServer | None = None
+        if options.metrics:
+            try:
+                host, port = parse_listen(options.metrics)
+                self.metrics_server = serve_metrics(self.metrics, host, port)
+            except (ValueError, OSError) as error:
+                self.close()
+                raise MetricsUnavailable(f"--metrics {options.metrics}: {error}") from None
+
+    def _remember_head(self, seq: int, digest: str) -> None:
+        self.store.set_meta(HEAD_META_KEY, format_head(AuditHead(seq, digest)))
+
+    def close(self) -> None:
+        try:
+            self.server.close()
+        finally:
+            try:
+                self.audit.close()
+            finally:
+                self.store.close()
+                if self.metrics_server is not None:
+                    self.metrics_server.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

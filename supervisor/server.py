@@ -1,0 +1,459 @@
+"""The supervisor's event loop: one ZeroMQ ROUTER socket, the agents' pidfds and
+the signal pipe, in one poller, on one thread, so the kernel needs no locks.
+
+Each turn of the loop handles agent exits first (their capabilities are
+revoked before any other request is served), then signals, then a bounded
+batch of requests, then timers (grace-period kills, ``wait`` timeouts, the
+expiry sweep).
+
+Identity is proven, never claimed: libzmq reports the connecting process's
+pid (SO_PEERCRED) as each message's ``Peer-Address``; the server maps it, by
+(pid, create time), to a spawned agent or a descendant of one. Anyone else
+gets ``unauthenticated``. No field of a request can name who is speaking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+from capsup.agents import protocol as p
+from capsup.agents.errors import (
+    CapsupError,
+    InternalError,
+    NotAuthorized,
+    RequestError,
+    Unauthenticated,
+    UnknownAgent,
+    WaitTimeout,
+)
+from capsup.supervisor.derive import Delegation
+from capsup.supervisor.dispatch import dispatch_kernel_op
+from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
+from capsup.supervisor.kernel import Kernel
+from capsup.supervisor.principal import OPERATOR, Principal
+from capsup.supervisor.processes import AgentProcess, ProcessTable, exit_status, new_agent_id
+
+__all__ = ["Server", "exit_code_of", "new_trace_id"]
+
+#: Requests served per turn before agent exits and timers are looked at again.
+_BATCH = 64
+_PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass
+class _Waiter:
+    envelope: list[bytes]
+    request_id: p.RequestId
+    trace_id: str
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    agent: AgentProcess
+    principal: Principal
+    direct: bool
+
+
+class Server:
+    """Serve the wire protocol for the agents this supervisor spawned."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        endpoint: str,
+        *,
+        sink: EventSink | None = None,
+        grace_period: float = 5.0,
+        max_message_bytes: int = p.MAX_MESSAGE_BYTES,
+        observe_request: Callable[[str, float], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.endpoint = endpoint
+        self.processes = ProcessTable(endpoint)
+        self._sink = sink
+        self._grace = grace_period
+        self._max_bytes = max_message_bytes
+        self._observe = observe_request
+        self._on_idle = on_idle
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # Messages a little over the limit get a message_too_large reply; libzmq
+        # drops the connection of a peer sending anything far larger, before
+        # it is ever buffered whole.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        # A reply to a peer that vanished is dropped silently, not an error.
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._socket.bind(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._peers: dict[tuple[bytes, str], _Peer] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._signals_r, self._signals_w = socket.socketpair()
+        self._signals_r.setblocking(False)
+        self._signals_w.setblocking(False)
+        self._poller.register(self._signals_r.fileno(), zmq.POLLIN)
+        self.pending_signals: list[int] = []
+
+    # -- agents ---------------------------------------------------------------
+
+    def start_agent(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str,
+        parent: AgentProcess | None = None,
+        agent_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> AgentProcess:
+        """Spawn an agent and make it known to the kernel and the poller."""
+        agent = self.processes.spawn(
+            argv,
+            agent_id=agent_id or new_agent_id(name),
+            name=name,
+            parent=parent.agent_id if parent else None,
+            stdin_devnull=parent is not None,
+        )
+        self.kernel.register_principal(
+            Principal(agent.agent_id, name, pid=agent.pid),
+            parent=parent.agent_id if parent else None,
+        )
+        self._poller.register(agent.pidfd, zmq.POLLIN)
+        self._emit(
+            Event(
+                EventType.AGENT_STARTED,
+                time.time(),
+                trace_id or new_trace_id(),
+                principal=agent.agent_id,
+                pid=agent.pid,
+                detail={
+                    "name": name,
+                    "parent": agent.parent,
+                    "argv": [a[:256] for a in argv[:32]],
+                },
+            )
+        )
+        return agent
+
+    def _on_exit(self, agent: AgentProcess) -> None:
+        """An agent exited: revoke everything it held, stop its sub-agents,
+        answer whoever waits for it."""
+        self._poller.unregister(agent.pidfd)
+        returncode = self.processes.reap(agent)
+        now = time.time()
+        trace_id = new_trace_id()
+        revoked = self.kernel.revoke_all_for_agent(
+            OPERATOR, agent.agent_id, now=now, trace_id=trace_id, cause="holder_exited"
+        )
+        self._emit(
+            Event(
+                EventType.AGENT_TERMINATED,
+                now,
+                trace_id,
+                principal=agent.agent_id,
+                pid=agent.pid,
+                detail={
+                    "name": agent.name,
+                    "exit_code": returncode,
+                    "reason": _exit_reason(returncode),
+                    "revoked": len(revoked),
+                },
+            )
+        )
+        for child in self.processes.descendants(agent.agent_id):
+            self.processes.stop(child, now, self._grace)
+        for waiter in self._waiters.pop(agent.agent_id, []):
+            self._send(
+                waiter.envelope,
+                p.ok_reply(waiter.request_id, {"exit_code": returncode}, waiter.trace_id),
+            )
+        self._peers = {k: v for k, v in self._peers.items() if v.agent is not agent}
+        for child_id in list(agent.children):
+            finished = self.processes.get(child_id)
+            if finished is not None and not finished.running:
+                self.processes.forget(finished)
+        if agent.parent is None or self.processes.get(agent.parent) is None:
+            self.processes.forget(agent)
+        self.kernel.forget_principal(agent.agent_id)
+
+    def stop_all(self, grace: float | None = None) -> None:
+        """SIGTERM every agent, SIGKILL after the grace period, until all exited."""
+        now = time.time()
+        for agent in self.processes.running:
+            self.processes.stop(agent, now, self._grace if grace is None else grace)
+        while self.processes.running:
+            self.turn(timeout=0.05)
+
+    # -- the loop -------------------------------------------------------------
+
+    def turn(self, timeout: float | None) -> None:
+        """One pass of the loop; waits at most ``timeout`` seconds for work."""
+        timeout = self._bounded(timeout)
+        ready = dict(self._poller.poll(None if timeout is None else int(timeout * 1000) + 1))
+        for fd in ready:
+            exited = self.processes.by_pidfd(fd) if isinstance(fd, int) else None
+            if exited is not None:
+                self._on_exit(exited)
+        if self._signals_r.fileno() in ready:
+            self._drain_signal_pipe()
+        if self._socket in ready:
+            for _ in range(_BATCH):
+                try:
+                    frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self._handle(frames)
+        self._timers()
+
+    def _bounded(self, timeout: float | None) -> float | None:
+        now = time.time()
+        deadlines = [self.kernel.next_expiry(), self.processes.next_kill()]
+        deadlines += [w.deadline for ws in self._waiters.values() for w in ws]
+        due = [d - now for d in deadlines if d is not None]
+        if due:
+            soonest = max(0.0, min(due))
+            timeout = soonest if timeout is None else min(timeout, soonest)
+        return timeout
+
+    def _timers(self) -> None:
+        now = time.time()
+        self.processes.kill_overdue(now)
+        expiry = self.kernel.next_expiry()
+        if expiry is not None and expiry <= now:
+            self.kernel.sweep(now=now, trace_id=new_trace_id())
+        for agent_id, waiters in list(self._waiters.items()):
+            for waiter in [w for w in waiters if w.deadline is not None and w.deadline <= now]:
+                waiters.remove(waiter)
+                error = WaitTimeout(f"agent {agent_id} is still running")
+                self._send(
+                    waiter.envelope, p.error_reply(waiter.request_id, error, waiter.trace_id)
+                )
+            if not waiters:
+                del self._waiters[agent_id]
+        if self._on_idle is not None:
+            self._on_idle()
+
+    # -- signals --------------------------------------------------------------
+
+    def install_signal_handlers(self, signums: Sequence[int]) -> None:
+        """Route ``signums`` into the loop; they appear in :attr:`pending_signals`."""
+        signal.set_wakeup_fd(self._signals_w.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: object) -> None:
+        self.pending_signals.append(signum)
+
+    def _drain_signal_pipe(self) -> None:
+        try:
+            while self._signals_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- requests -------------------------------------------------------------
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        started = time.perf_counter()
+        raw = [f.bytes for f in frames]
+        envelope = p.routing_envelope(raw)
+        request_id: p.RequestId | None = None
+        trace_id: str | None = None
+        op = "invalid"
+        parsed = False
+        try:
+            payload = p.request_payload(raw)
+            principal, peer = self._authenticate(envelope[0], frames[-1], payload)
+            try:
+                request = p.parse_request(payload, max_bytes=self._max_bytes)
+            except CapsupError:
+                request_id, trace_id = p.best_effort_id(payload), p.best_effort_trace_id(payload)
+                raise
+            request_id, op = request.id, request.op.value
+            trace_id = request.trace_id or new_trace_id()
+            args = p.parse_args(request)
+            parsed = True
+            now = time.time()
+            if isinstance(args, _PROCESS_OPS):
+                reply = self._process_op(peer, principal, args, envelope, request_id, trace_id)
+                if reply is None:
+                    return  # a wait that will be answered later
+                result = reply
+            else:
+                result = dispatch_kernel_op(
+                    self.kernel, principal, args, now=now, trace_id=trace_id
+                )
+            self._send(envelope, p.ok_reply(request_id, result, trace_id))
+        except CapsupError as error:
+            trace_id = trace_id or new_trace_id()
+            if isinstance(error, RequestError) and not parsed:
+                self._violation(ViolationKind.MALFORMED_INPUT, error, trace_id, frames[-1])
+            self._send(envelope, p.error_reply(request_id, error, trace_id))
+        except Exception as error:  # a bug must not take the supervisor down
+            trace_id = trace_id or new_trace_id()
+            internal = InternalError(f"internal error: {type(error).__name__}")
+            self._send(envelope, p.error_reply(request_id, internal, trace_id))
+        finally:
+            if self._observe is not None:
+                self._observe(op, time.perf_counter() - started)
+
+    def _authenticate(
+        self, routing_id: bytes, frame: zmq.Frame, payload: bytes
+    ) -> tuple[Principal, _Peer]:
+        address = str(frame.get("Peer-Address") or "")
+        key = (routing_id, address)
+        peer = self._peers.get(key)
+        if peer is not None and peer.agent.running and (peer.direct or self._same(peer)):
+            return peer.principal, peer
+        pid = _peer_pid(address)
+        agent = self.processes.identify(pid) if pid is not None else None
+        if agent is None or pid is None:
+            error = Unauthenticated(
+                "this process is not an agent of this supervisor (identity comes from the "
+                "operating system, not from the request)"
+            )
+            trace = p.best_effort_trace_id(payload) or new_trace_id()
+            self._violation(ViolationKind.UNAUTHENTICATED, error, trace, frame, pid=pid)
+            raise error
+        principal = Principal(agent.agent_id, agent.name, pid=pid)
+        peer = _Peer(agent, principal, direct=pid == agent.pid)
+        self._peers[key] = peer
+        return principal, peer
+
+    def _same(self, peer: _Peer) -> bool:
+        """Re-check a descendant's identity: its pid is not ours to watch."""
+        pid = peer.principal.pid
+        return pid is not None and self.processes.identify(pid) is peer.agent
+
+    def _process_op(
+        self,
+        peer: _Peer,
+        principal: Principal,
+        args: p.SpawnArgs | p.WaitArgs,
+        envelope: list[bytes],
+        request_id: p.RequestId,
+        trace_id: str,
+    ) -> dict[str, Any] | None:
+        if isinstance(args, p.WaitArgs):
+            child = self.processes.get(args.agent)
+            if child is None:
+                raise UnknownAgent(f"no agent {args.agent[:64]!r}")
+            if child.parent != peer.agent.agent_id:
+                raise NotAuthorized("an agent may wait only for the sub-agents it spawned")
+            if not child.running:
+                return {"exit_code": child.returncode}
+            deadline = None if args.timeout is None else time.time() + args.timeout
+            self._waiters.setdefault(child.agent_id, []).append(
+                _Waiter(envelope, request_id, trace_id, deadline)
+            )
+            return None
+        return self._spawn(peer, principal, args, trace_id)
+
+    def _spawn(
+        self, peer: _Peer, principal: Principal, args: p.SpawnArgs, trace_id: str
+    ) -> dict[str, Any]:
+        """Delegate the grants to the new agent's id first, then start it: a
+        refused delegation starts nothing, and a failed start revokes them."""
+        now = time.time()
+        name = args.name or Path(args.argv[0]).name
+        agent_id = new_agent_id(name)
+        self.kernel.register_principal(Principal(agent_id, name), parent=peer.agent.agent_id)
+        delegated = []
+        try:
+            for grant in args.capabilities:
+                delegation = Delegation(
+                    agent_id,
+                    grant.resource,
+                    None if grant.operations is None else sorted(grant.operations),
+                    grant.constraints,
+                    grant.ttl,
+                )
+                delegated.append(
+                    self.kernel.delegate(
+                        principal, grant.capability, delegation, now=now, trace_id=trace_id
+                    )
+                )
+            child = self.start_agent(
+                args.argv, name=name, parent=peer.agent, agent_id=agent_id, trace_id=trace_id
+            )
+        except CapsupError:
+            if delegated:
+                self.kernel.revoke_all_for_agent(
+                    OPERATOR, agent_id, now=now, trace_id=trace_id, cause="spawn_failed"
+                )
+            self.kernel.forget_principal(agent_id)
+            raise
+        return {
+            "agent_id": child.agent_id,
+            "pid": child.pid,
+            "capabilities": [c.to_wire() for c in delegated],
+        }
+
+    def _send(self, envelope: list[bytes], reply: bytes) -> None:
+        # A peer that is gone or not reading gets nothing; nobody is left to tell.
+        with contextlib.suppress(zmq.ZMQError):
+            self._socket.send_multipart([*envelope, reply], zmq.NOBLOCK)
+
+    def _violation(
+        self,
+        kind: ViolationKind,
+        error: CapsupError,
+        trace_id: str,
+        frame: zmq.Frame,
+        pid: int | None = None,
+    ) -> None:
+        self._emit(
+            Event(
+                EventType.SECURITY_VIOLATION,
+                time.time(),
+                trace_id,
+                pid=pid,
+                decision="deny",
+                reason=error.code,
+                detail={"kind": kind.value, "message": error.message[:256]},
+            )
+        )
+
+    def _emit(self, event: Event) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+        self._signals_r.close()
+        self._signals_w.close()
+
+
+def _peer_pid(address: str) -> int | None:
+    """The pid in libzmq's ipc Peer-Address, ``host:uid:gid:pid``."""
+    tail = address.rpartition(":")[2]
+    return int(tail) if tail.isdigit() and int(tail) > 0 else None
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode == 0:
+        return "exit"
+    if returncode == -signal.SIGKILL:
+        return "killed"
+    return "signal" if returncode < 0 else "error"
+
+
+def exit_code_of(agent: AgentProcess) -> int:
+    """What ``capsup run`` exits with: the agent's status, 128+N for signal N."""
+    return exit_status(agent.returncode if agent.returncode is not None else 1)

@@ -1,0 +1,80 @@
+"""Run agents under a real `capsup run`, over real sockets, and read the trail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CAPSUP = [sys.executable, "-m", "capsup.supervisor"]
+
+POLICY = """
+[agents.main]
+allow = [
+  {{ resource = "file://{root}", operations = ["read", "list", "write", "create"], max_ttl = 600, max_delegation_depth = 3 }},
+  {{ resource = "https://api.example.com/v1", operations = ["GET", "POST"], max_delegation_depth = 1 }},
+]
+[agents.helper]
+allow = []
+[supervisor]
+grace_period = 1
+"""
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    audit: list[dict[str, Any]]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.audit if r["event"] == name]
+
+
+def write_agent(directory: Path, name: str, body: str) -> Path:
+    path = directory / f"{name}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def write_policy(root: Path) -> Path:
+    path = root / "policy.toml"
+    path.write_text(POLICY.format(root=root))
+    return path
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def capsup_run(
+    root: Path, agent: Path, *args: str, timeout: float = 60, extra: tuple[str, ...] = ()
+) -> Outcome:
+    audit = root / "audit.jsonl"
+    proc = subprocess.run(
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(write_policy(root)),
+            "--audit-log",
+            str(audit),
+            *extra,
+            "--name",
+            "main",
+            str(agent),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=root,
+    )
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, read_audit(audit))

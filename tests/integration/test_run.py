@@ -1,0 +1,406 @@
+"""`capsup run` end to end: real supervisor, real agents, real ZeroMQ."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from runner import CAPSUP, capsup_run, read_audit, write_agent, write_policy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    proc = subprocess.run(
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(REPO / "configs" / "demo.toml"),
+            "--audit-log",
+            str(audit),
+            str(REPO / "examples" / "researcher.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "validate read notes/readme.txt: allowed" in out
+    assert "a denied glob: denied (constraint_violation" in out
+    assert "a path traversal: denied (constraint_violation" in out
+    assert "request file:///etc: denied (denied_by_policy)" in out
+    assert "[summarizer] read allowed" in out
+    assert "widening my copy: denied (delegation_widening)" in out
+    assert "summarizer exited with 0" in out
+    assert "revoked 1 capability; the summarizer's copy was already revoked" in out
+    assert "validate after revoke: denied (revoked)" in out
+    events = {r["event"] for r in read_audit(audit)}
+    assert {
+        "agent_started",
+        "capability_granted",
+        "capability_delegated",
+        "capability_revoked",
+        "security_violation",
+        "agent_terminated",
+    } <= events
+
+
+def test_exit_codes_pass_through(tmp_path: Path) -> None:
+    agent = write_agent(tmp_path, "agent", "import sys; sys.exit(7)")
+    assert capsup_run(tmp_path, agent).code == 7
+    agent = write_agent(
+        tmp_path, "agent", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    )
+    assert capsup_run(tmp_path, agent).code == 128 + signal.SIGTERM
+
+
+def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*CAPSUP, "run", str(tmp_path / "missing.py")], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "not found" in proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agents.x]\nallow = [{ resource = 'file:///a', operations = ['fly'] }]")
+    agent = write_agent(tmp_path, "agent", "pass")
+    proc = subprocess.run(
+        [*CAPSUP, "run", "--config", str(bad), str(agent)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and str(bad) in proc.stderr and "operations" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_environment_names_the_endpoint_and_nothing_else(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        """
+        import os, stat
+        endpoint = os.environ["CAPSUP_ENDPOINT"]
+        assert endpoint.startswith("ipc://"), endpoint
+        directory = os.path.dirname(endpoint[len("ipc://"):])
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+        assert os.environ["CAPSUP_AGENT_ID"].startswith("agent-main-")
+        assert sorted(k for k in os.environ if k.startswith("CAPSUP_")) == [
+            "CAPSUP_AGENT_ID", "CAPSUP_ENDPOINT"]
+    """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 0, outcome.stderr
+
+
+def test_a_stolen_id_is_denied_and_audited(tmp_path: Path) -> None:
+    write_agent(
+        tmp_path,
+        "thief",
+        """
+        import sys
+        from capsup.agents import NotHolder, connect
+        client = connect()
+        try:
+            client.validate(sys.argv[1], "read", sys.argv[2])
+        except NotHolder:
+            sys.exit(42)
+    """,
+    )
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import sys
+        from capsup.agents import connect
+        client = connect()
+        cap = client.request("file://{tmp_path}", ["read"])
+        thief = client.spawn([sys.executable, "{tmp_path}/thief.py", cap.id, "{tmp_path}/x"],
+                             name="helper")
+        sys.exit(client.wait(thief.agent_id, timeout=30))
+    """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 42, outcome.stderr
+    stolen = [r for r in outcome.events("security_violation") if r["detail"]["kind"] == "stolen_id"]
+    assert len(stolen) == 1 and stolen[0]["principal"].startswith("agent-helper-")
+
+
+def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import os, time
+        open("{tmp_path}/endpoint", "w").write(os.environ["CAPSUP_ENDPOINT"])
+        while not os.path.exists("{tmp_path}/done"):
+            time.sleep(0.05)
+    """,
+    )
+    audit = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(write_policy(tmp_path)),
+            "--audit-log",
+            str(audit),
+            "--name",
+            "main",
+            str(agent),
+        ],
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "endpoint").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        endpoint = (tmp_path / "endpoint").read_text()
+        # this test process is not an agent: whatever it claims, it is nobody
+        from capsup.agents import Unauthenticated, connect
+
+        client = connect(endpoint, timeout=10)
+        with pytest.raises(Unauthenticated):
+            client.whoami()
+        with pytest.raises(Unauthenticated):
+            client.request(f"file://{tmp_path}", ["read"])
+        client.close()
+    finally:
+        (tmp_path / "done").write_text("")
+        assert proc.wait(timeout=30) == 0
+    kinds = [r["detail"]["kind"] for r in read_audit(audit) if r["event"] == "security_violation"]
+    assert kinds.count("unauthenticated") >= 1
+
+
+def test_sigkill_of_a_sub_agent_revokes_what_it_held(tmp_path: Path) -> None:
+    write_agent(
+        tmp_path,
+        "holder",
+        """
+        import time
+        from capsup.agents import connect
+        connect()  # connected; now wait to be killed
+        time.sleep(60)
+    """,
+    )
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import os, signal, sys, time
+        from capsup.agents import Revoked, connect
+        client = connect()
+        cap = client.request("file://{tmp_path}", ["read"])
+        sub = client.spawn([sys.executable, "{tmp_path}/holder.py"], name="helper",
+                           capabilities=[{{"capability": cap.id}}])
+        child = sub.capabilities[0]
+        time.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(sub.pid, signal.SIGKILL)
+        code = client.wait(sub.agent_id, timeout=10)
+        assert code == -signal.SIGKILL, code
+        try:
+            client.validate(child.id, "read", "{tmp_path}/agent.py")
+        except Revoked:
+            print("child revoked", time.monotonic() - killed_at)
+        client.validate(cap, "read", "{tmp_path}/agent.py")  # the parent's own copy stays
+    """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 0, outcome.stderr
+    assert "child revoked" in outcome.stdout
+    revoked = outcome.events("capability_revoked")
+    assert any(r["detail"].get("cause") == "holder_exited" for r in revoked)
+
+
+def test_killing_the_agent_stops_its_sub_agents_and_revokes_everything(tmp_path: Path) -> None:
+    write_agent(
+        tmp_path,
+        "sleeper",
+        """
+        import time
+        from capsup.agents import connect
+        connect().whoami()
+        time.sleep(120)
+    """,
+    )
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import os, sys, time
+        from capsup.agents import connect
+        client = connect()
+        cap = client.request("file://{tmp_path}", ["read"])
+        sub = client.spawn([sys.executable, "{tmp_path}/sleeper.py"], name="helper",
+                           capabilities=[{{"capability": cap.id}}])
+        open("{tmp_path}/pids", "w").write(f"{{os.getpid()}} {{sub.pid}}")
+        time.sleep(120)
+    """,
+    )
+    audit = tmp_path / "audit.jsonl"
+    proc = subprocess.Popen(
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(write_policy(tmp_path)),
+            "--audit-log",
+            str(audit),
+            "--name",
+            "main",
+            str(agent),
+        ],
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    main_pid, sub_pid = map(int, (tmp_path / "pids").read_text().split())
+    os.kill(main_pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+    assert not psutil.pid_exists(sub_pid) or psutil.Process(sub_pid).status() == "zombie"
+    records = read_audit(audit)
+    revoked = {r["capability_id"] for r in records if r["event"] == "capability_revoked"}
+    granted = {
+        r["capability_id"]
+        for r in records
+        if r["event"] in ("capability_granted", "capability_delegated")
+    }
+    assert granted and granted <= revoked
+
+
+def test_signals_are_forwarded_and_a_stubborn_agent_is_killed(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(99))
+        open("{tmp_path}/ready", "w").close()
+        time.sleep(60)
+    """,
+    )
+    stubborn = write_agent(
+        tmp_path,
+        "stubborn",
+        f"""
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        open("{tmp_path}/ready", "w").close()
+        time.sleep(60)
+    """,
+    )
+    for script, sig, expected in [
+        (agent, signal.SIGTERM, 99),
+        (stubborn, signal.SIGINT, 128 + signal.SIGKILL),
+    ]:
+        (tmp_path / "ready").unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [
+                *CAPSUP,
+                "run",
+                "--config",
+                str(write_policy(tmp_path)),
+                "--audit-log",
+                str(tmp_path / "a.jsonl"),
+                "--grace",
+                "0.5",
+                "--name",
+                "main",
+                str(script),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == expected
+
+
+def test_bad_input_never_hurts_the_server(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        """
+        import os, msgpack, zmq
+        from capsup.agents import connect
+        sock = zmq.Context().socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 5000)
+        sock.connect(os.environ["CAPSUP_ENDPOINT"])
+        def ask(payload):
+            sock.send(payload)
+            return msgpack.unpackb(sock.recv(), raw=False)
+        cases = {
+            b"\\xc1garbage": "bad_request",
+            msgpack.packb([1, 2, 3]): "bad_request",
+            msgpack.packb({"id": 1, "op": "fly", "args": {}}): "unknown_op",
+            msgpack.packb({"id": 2, "op": "request", "args": {"resource": 5}}): "bad_request",
+            msgpack.packb({"id": 3, "op": "validate", "args": {}}): "bad_request",
+            msgpack.packb({"id": 4, "op": "whoami", "args": {}, "who": "operator"}): "bad_request",
+            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (2 << 20)}}): None,
+        }
+        for payload, code in cases.items():
+            if code is None:
+                sock.send(payload)  # oversized: dropped by libzmq or refused
+                continue
+            reply = ask(payload)
+            assert reply["ok"] is False and reply["error"]["code"] == code, (payload[:20], reply)
+            assert reply["trace_id"]
+        sock.send_multipart([b"", b"two", b"frames"])
+        assert msgpack.unpackb(sock.recv_multipart()[-1])["error"]["code"] == "bad_request"
+        sock.close(linger=0)
+        client = connect()
+        assert client.whoami().principal == "main"  # still serving
+        print("survived")
+    """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 0, outcome.stderr
+    assert "survived" in outcome.stdout
+    malformed = [
+        r for r in outcome.events("security_violation") if r["detail"]["kind"] == "malformed_input"
+    ]
+    assert len(malformed) >= 5
+
+
+def test_python_runs_with_the_supervisors_interpreter(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import sys
+        assert sys.executable == {sys.executable!r}, sys.executable
+    """,
+    )
+    assert capsup_run(tmp_path, agent).code == 0
+
+
+def test_a_command_after_double_dash(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            *CAPSUP,
+            "run",
+            "--audit-log",
+            str(tmp_path / "a.jsonl"),
+            "--",
+            "sh",
+            "-c",
+            'test -n "$CAPSUP_ENDPOINT" && exit 5',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 5, proc.stderr

@@ -1,0 +1,75 @@
+"""Config loading: strict, and every error names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from capsup.supervisor.config import ConfigError, load_config
+
+GOOD = """
+[agents.researcher]
+allow = [
+  { resource = "file:///srv/data", operations = ["read", "list"], max_ttl = 3600, max_delegation_depth = 2 },
+  { resource = "https://api.github.com/repos", operations = ["GET"], constraints = { rate_limit = { requests = 10, per_seconds = 1 } } },
+]
+[databases.main]
+url = "sqlite:///srv/data/main.db"
+"""
+
+
+def test_the_documented_form_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    ceilings = config.policy.ceilings_for("researcher")
+    assert len(ceilings) == 2
+    assert ceilings[0].operations == frozenset({"read", "list"})
+    assert ceilings[0].max_delegation_depth == 2
+    assert ceilings[1].constraints["rate_limit"]["requests"] == 10
+    assert config.databases["main"].dialect == "sqlite"
+    assert config.policy.ceilings_for("nobody") == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[agent.x]\n", "agent"),
+        (
+            "[agents.x]\nallow = [{ resource = 'file:///a', operations = ['read'], bogus = 1 }]",
+            "bogus",
+        ),
+        ("[agents.x]\nallow = [{ resource = 'gopher://a', operations = ['read'] }]", "resource"),
+        ("[agents.x]\nallow = [{ resource = 'file:///a', operations = ['fly'] }]", "operations"),
+        ("[agents.x]\nallow = [{ resource = 'file:///a', operations = [] }]", "operations"),
+        (
+            "[agents.x]\nallow = [{ resource = 'file:///a', operations = ['read'], max_ttl = -1 }]",
+            "max_ttl",
+        ),
+        (
+            "[agents.x]\nallow = [{ resource = 'file:///a', operations = ['read'], constraints = { nope = 1 } }]",
+            "nope",
+        ),
+        (
+            "[agents.x]\nallow = [{ resource = 'db://missing', operations = ['select'] }]",
+            "resource",
+        ),
+        ("[agents.x]\ndeny = []", "deny"),
+        ("[databases.main]\nurl = 5", "url"),
+        ("[supervisor]\ngrace_period = 'soon'", "grace_period"),
+        ("[supervisor]\nfoo = 1", "foo"),
+        ("this is [not toml", "TOML"),
+    ],
+)
+def test_errors_name_the_file_and_key(tmp_path: Path, text: str, names: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert names in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
