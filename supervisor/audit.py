@@ -1,0 +1,403 @@
+"""The audit trail: every security event as one hash-chained JSON line.
+
+:class:`AuditLog` is an :data:`~capsup.supervisor.events.EventSink`. The
+kernel calls it synchronously, and for everything but a successful validation
+the record is handed to the operating system (``os.write`` on an ``O_APPEND``
+descriptor) before the call returns, so a grant, denial, delegation,
+revocation or violation is on file before the reply that reports it exists,
+and survives a crash of the supervisor. Successful validations, the hot path,
+are buffered and written in batches (a denial written meanwhile takes the
+buffer with it, so the file stays in chain order), and may be sampled; a
+failure or violation never is.
+
+If the file cannot be written the sink raises
+:class:`~capsup.agents.errors.AuditUnavailable` and the caller fails closed:
+an action that cannot be recorded is not taken. Nothing is lost quietly: a
+record that failed to write is not part of the chain, and a partial write is
+cut back off the file.
+
+The chain's head (seq, hash) is reported through ``on_head`` after every
+write, for the state store to keep: a trail shorter than that head was cut.
+See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from capsup.agents.errors import AuditUnavailable
+from capsup.supervisor.audit_record import (
+    GENESIS,
+    HEAD_META_KEY,
+    AuditHead,
+    canonical,
+    format_head,
+    parse_head,
+    record_hash,
+    seal,
+)
+from capsup.supervisor.audit_verify import (
+    VerifyResult,
+    iter_lines,
+    last_lines,
+    parse_line,
+    rotated_siblings,
+    trail_files,
+    verify,
+)
+from capsup.supervisor.events import Event, EventType
+
+__all__ = [
+    "GENESIS",
+    "HEAD_META_KEY",
+    "AuditHead",
+    "AuditLog",
+    "AuditTampered",
+    "AuditUnavailable",
+    "VerifyResult",
+    "default_audit_path",
+    "format_head",
+    "parse_head",
+    "trail_files",
+    "verify",
+]
+
+#: Rotate when the live file passes this size (bytes).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+_BUFFERED = EventType.CAPABILITY_VALIDATED
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+class AuditTampered(AuditUnavailable):
+    """The existing trail does not end where it should: it was cut, edited or
+    rewritten (or a crash left a partial line). The supervisor must not append
+    to it; an operator moves it aside (and clears the store's head if that was
+    intended). ``seq`` is the first broken record, ``reason`` says how."""
+
+    def __init__(self, message: str, *, seq: int, reason: str) -> None:
+        super().__init__(message, reason=reason)
+        self.seq = seq
+
+
+def default_audit_path() -> Path:
+    """Where the trail goes when no ``--audit-log`` is given: the user's state
+    directory (``$XDG_STATE_HOME/capsup/audit.jsonl``), which outlives runs."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "capsup" / "audit.jsonl"
+
+
+class AuditLog:
+    """An append-only, hash-chained, rotating JSON Lines audit trail.
+
+    ``flush_every`` and ``flush_interval`` bound how many successful
+    validations, and for how long, may wait in memory; the server calls
+    :meth:`flush_if_due` (or :meth:`flush`) from its loop so an idle
+    supervisor writes them too. ``sample_rate`` (0..1] applies to successful
+    validations only. ``known_head`` is the head the state store kept; if the
+    file does not reach it, opening raises :class:`AuditTampered`. ``keep``
+    bounds the rotated files kept (None keeps them all, so the chain can be
+    verified from its first record). ``fsync`` makes each write survive a
+    power loss too, at the price of a disk flush per write.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int | None = None,
+        flush_every: int = 256,
+        flush_interval: float = 1.0,
+        sample_rate: float = 1.0,
+        fsync: bool = False,
+        known_head: AuditHead | None = None,
+        on_head: Callable[[int, str], None] | None = None,
+        on_written: Callable[[int], None] | None = None,
+        on_error: Callable[[OSError], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], not {sample_rate!r}")
+        if max_bytes <= 0 or flush_every <= 0 or (keep is not None and keep < 1):
+            raise ValueError("max_bytes and flush_every must be positive, keep at least 1")
+        self._path = Path(path)
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._flush_every = flush_every
+        self._flush_interval = flush_interval
+        self._sample_rate = sample_rate
+        self._fsync = fsync
+        self._on_head = on_head
+        self._on_written = on_written
+        self._on_error = on_error
+        self._clock = clock
+        self._rng = rng or random.Random().random  # noqa: S311 - sampling, not secrecy
+        self._lock = threading.Lock()
+        self._buffer: list[bytes] = []
+        self._buffer_since = 0.0
+        self._sampled_out = 0
+        self._written = 0
+        self._fd: int | None = None
+        self._broken: str | None = None
+        self._head = self._resume(known_head)
+        self._tail = self._head  # the last record assigned, written or buffered
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(self._path, _OPEN_FLAGS, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        except OSError as error:
+            raise AuditUnavailable(f"cannot open the audit trail {self._path}: {error}") from error
+
+    # -- the sink ---------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        """Record ``event``; raise :class:`AuditUnavailable` if it cannot be."""
+        with self._lock:
+            fd = self._require_open()
+            if event.event == _BUFFERED:
+                if self._sample_rate < 1.0:
+                    if self._rng() >= self._sample_rate:
+                        self._sampled_out += 1
+                        return
+                    line, self._tail = self._seal(event, sample_rate=self._sample_rate)
+                else:
+                    line, self._tail = self._seal(event)
+                if not self._buffer:
+                    self._buffer_since = self._clock()
+                self._buffer.append(line)
+                if len(self._buffer) >= self._flush_every or self._due():
+                    self._write(fd, [], self._tail)
+                return
+            before = self._tail
+            line, head = self._seal(event)
+            self._tail = head
+            try:
+                self._write(fd, [line], head)
+            except AuditUnavailable:
+                if self._head != head:  # not on file: this record is not in the chain
+                    self._tail = before
+                raise
+
+    def flush(self) -> None:
+        """Write the buffered validations now."""
+        with self._lock:
+            if self._buffer:
+                self._write(self._require_open(), [], self._tail)
+
+    def flush_if_due(self) -> None:
+        """Write the buffered validations if the oldest waited ``flush_interval``."""
+        with self._lock:
+            if self._buffer and self._due():
+                self._write(self._require_open(), [], self._tail)
+
+    def close(self) -> None:
+        """Write what is buffered and close the file (idempotent)."""
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                if self._buffer:
+                    self._write(self._fd, [], self._tail)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def head(self) -> AuditHead:
+        """The newest record on file (``(0, GENESIS)`` for an empty trail)."""
+        return self._head
+
+    @property
+    def pending(self) -> int:
+        """Successful validations buffered, not yet on file."""
+        return len(self._buffer)
+
+    @property
+    def sampled_out(self) -> int:
+        """Successful validations not recorded because of ``sample_rate``."""
+        return self._sampled_out
+
+    @property
+    def records_written(self) -> int:
+        """Records written by this instance (since it was opened)."""
+        return self._written
+
+    # -- internals ----------------------------------------------------------------
+
+    def _require_open(self) -> int:
+        if self._fd is None:
+            raise AuditUnavailable(self._broken or f"the audit trail {self._path} is closed")
+        return self._fd
+
+    def _due(self) -> bool:
+        return self._clock() - self._buffer_since >= self._flush_interval
+
+    def _seal(self, event: Event, **extra: Any) -> tuple[bytes, AuditHead]:
+        record = seal(event, self._tail.seq + 1, self._tail.hash, **extra)
+        return canonical(record) + b"\n", AuditHead(record["seq"], record["hash"])
+
+    def _write(self, fd: int, lines: list[bytes], head: AuditHead) -> None:
+        """Append the buffer plus ``lines`` in one write, then report the head.
+
+        On failure nothing of it stays on file (a partial write is truncated
+        away) and the buffer is kept for the next attempt.
+        """
+        batch = [*self._buffer, *lines]
+        data = b"".join(batch)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as error:
+            if written:
+                self._cut_back(fd)
+            self._report(error)
+            raise AuditUnavailable(f"cannot write the audit trail {self._path}: {error}") from error
+        self._size += len(data)
+        self._buffer.clear()
+        self._head = head
+        self._written += len(batch)
+        if self._on_written is not None:
+            self._on_written(len(batch))
+        if self._on_head is not None:
+            try:
+                self._on_head(head.seq, head.hash)
+            except Exception as error:
+                raise AuditUnavailable(f"cannot keep the audit head: {error}") from error
+        if self._size >= self._max_bytes:
+            self._rotate()
+
+    def _cut_back(self, fd: int) -> None:
+        """Remove a partial write, so the file still ends with a whole record."""
+        try:
+            os.ftruncate(fd, self._size)
+        except OSError as error:  # the trail now ends in a partial line: fail closed
+            self._report(error)
+            os.close(fd)
+            self._fd = None
+            self._broken = f"the audit trail {self._path} ends in a partial write: {error}"
+
+    def _rotate(self) -> None:
+        """Move the live file to ``PATH.1`` (older ones up) and start a new one.
+
+        A failure leaves the current file in use (it only grows) and is
+        reported through ``on_error``; rotation is tried again next write.
+        """
+        assert self._fd is not None
+        try:
+            for older in reversed(rotated_siblings(self._path)):
+                number = int(older.name.rsplit(".", 1)[1])
+                if self._keep is not None and number >= self._keep:
+                    older.unlink()
+                else:
+                    older.rename(older.with_name(f"{self._path.name}.{number + 1}"))
+            self._path.rename(self._path.with_name(f"{self._path.name}.1"))
+            fd = os.open(self._path, _OPEN_FLAGS, 0o600)
+            if self._fsync:
+                _fsync_dir(self._path.parent)
+        except OSError as error:
+            self._report(error)
+            return
+        os.close(self._fd)
+        self._fd = fd
+        self._size = 0
+
+    def _report(self, error: OSError) -> None:
+        if self._on_error is not None:
+            self._on_error(error)
+
+    def _resume(self, known: AuditHead | None) -> AuditHead:
+        """The head of the trail on disk, checked against the stored head."""
+        last = AuditHead(0, GENESIS)
+        for path in [self._path, *rotated_siblings(self._path)]:
+            if not path.is_file():
+                continue
+            try:
+                lines, partial = last_lines(path, 1)
+            except OSError as error:
+                raise AuditUnavailable(f"cannot read the audit trail {path}: {error}") from error
+            if partial:
+                raise AuditTampered(
+                    f"{path} ends in a partial record (a cut or a crash mid-write)",
+                    seq=0,
+                    reason="truncated",
+                )
+            if not lines:
+                continue
+            record = parse_line(lines[0])
+            if record is None or record_hash(record) != record["hash"]:
+                raise AuditTampered(
+                    f"the last line of {path} is not an intact audit record",
+                    seq=record["seq"] if record else 0,
+                    reason="edited",
+                )
+            last = AuditHead(record["seq"], record["hash"])
+            break
+        if known is not None and known.seq > 0:
+            self._check_known(known, last)
+        return last
+
+    def _check_known(self, known: AuditHead, last: AuditHead) -> None:
+        if last.seq < known.seq:
+            raise AuditTampered(
+                f"the audit trail {self._path} ends at seq {last.seq} but the state store's "
+                f"head is seq {known.seq}: records were cut off",
+                seq=last.seq + 1,
+                reason="truncated",
+            )
+        found = last.hash if last.seq == known.seq else self._find_hash(known.seq)
+        if found is not None and found != known.hash:
+            raise AuditTampered(
+                f"record {known.seq} of {self._path} differs from the state store's head",
+                seq=known.seq,
+                reason="rewritten",
+            )
+
+    def _find_hash(self, seq: int) -> str | None:
+        """The hash of record ``seq``, searching the newest files first."""
+        with contextlib.suppress(OSError):
+            for path in reversed(trail_files([self._path], include_rotated=True)):
+                if not path.is_file():
+                    continue
+                for raw in iter_lines([path]):
+                    record = parse_line(raw.data)
+                    if record is not None and record["seq"] == seq:
+                        return str(record["hash"])
+        return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,140 @@
+"""The audit record: its fields, its canonical bytes and its place in the chain.
+
+Writing (:mod:`capsup.supervisor.audit`) and checking
+(:mod:`capsup.supervisor.audit_verify`) must agree byte for byte on what is
+hashed, so both take it from here and nowhere else. A record is a flat JSON
+object; its ``hash`` is the SHA-256 of the canonical JSON of every other field
+(``prev`` included), and ``prev`` is the ``hash`` of the record before it, so
+changing, removing or moving any record breaks every link after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from capsup.supervisor.events import Event
+
+__all__ = [
+    "EVENT_FIELDS",
+    "GENESIS",
+    "HEAD_META_KEY",
+    "AuditHead",
+    "canonical",
+    "format_head",
+    "parse_head",
+    "record_hash",
+    "seal",
+]
+
+#: The ``prev`` of the first record of a trail: no record came before it.
+GENESIS = "0" * 64
+
+#: The key under which the state store keeps the chain head (``"SEQ:HASH"``).
+HEAD_META_KEY = "audit_head"
+
+#: Fields every record has, in the order people read them (null where they do
+#: not apply). ``seq``, ``prev`` and ``hash`` are added by the chain.
+EVENT_FIELDS = (
+    "time",
+    "event",
+    "trace_id",
+    "principal",
+    "pid",
+    "capability_id",
+    "parent_id",
+    "resource",
+    "operation",
+    "decision",
+    "reason",
+    "detail",
+)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class AuditHead(NamedTuple):
+    """The newest record of a chain: its sequence number and hash."""
+
+    seq: int
+    hash: str
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The one byte form of a record: sorted keys, no spaces, ASCII only.
+
+    ASCII-only output means a reader's encoding cannot change what was hashed,
+    and ``allow_nan=False`` keeps every line valid JSON for any consumer.
+    """
+    return json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) over the canonical bytes of ``record`` without its ``hash``."""
+    body = {key: value for key, value in record.items() if key != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def seal(event: Event, seq: int, prev: str, **extra: Any) -> dict[str, Any]:
+    """The chained record for ``event``: every event field, ``seq``, ``prev``,
+    any ``extra`` fields (such as ``sample_rate``), and the ``hash`` of it all."""
+    record: dict[str, Any] = {
+        "seq": seq,
+        "time": _jsonable(event.time),
+        "event": str(event.event),
+        "trace_id": _jsonable(event.trace_id),
+        "principal": _jsonable(event.principal),
+        "pid": _jsonable(event.pid),
+        "capability_id": _jsonable(event.capability_id),
+        "parent_id": _jsonable(event.parent_id),
+        "resource": _jsonable(event.resource),
+        "operation": _jsonable(event.operation),
+        "decision": _jsonable(event.decision),
+        "reason": _jsonable(event.reason),
+        "detail": _jsonable(dict(event.detail)),
+        "prev": prev,
+    }
+    record.update({key: _jsonable(value) for key, value in extra.items()})
+    record["hash"] = record_hash(record)
+    return record
+
+
+def format_head(head: AuditHead) -> str:
+    """``SEQ:HASH``, the form the store keeps and ``--head`` accepts."""
+    return f"{head.seq}:{head.hash}"
+
+
+def parse_head(text: str) -> AuditHead:
+    """Read ``SEQ:HASH``; raise :class:`ValueError` saying what is wrong."""
+    seq_text, sep, digest = text.strip().partition(":")
+    if not sep or not seq_text.isdigit() or not _HEX64.fullmatch(digest):
+        raise ValueError(f"not a chain head {text!r}: expected SEQ:HASH (HASH = 64 hex digits)")
+    return AuditHead(int(seq_text), digest)
+
+
+def _jsonable(value: Any) -> Any:
+    """Make an event value JSON-safe without losing what it said.
+
+    Events carry client-influenced values; whatever they hold (tuples, sets,
+    bytes, NaN, objects) the record must still serialise, or the kernel would
+    fail closed on a harmless oddity. Unknown types become their ``repr``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_jsonable(item) for item in value), key=repr)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return repr(value)

@@ -1,0 +1,349 @@
+"""AuditLog: the chain it writes, durability, buffering, sampling, rotation, resume."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from capsup.agents.errors import AuditUnavailable
+from capsup.supervisor.audit import (
+    GENESIS,
+    AuditHead,
+    AuditLog,
+    AuditTampered,
+    format_head,
+    parse_head,
+    verify,
+)
+from capsup.supervisor.audit_record import record_hash
+from capsup.supervisor.events import Event, EventType
+
+E = EventType
+
+
+def ev(kind: EventType = E.CAPABILITY_GRANTED, n: int = 0, **kw: Any) -> Event:
+    fields: dict[str, Any] = {
+        "principal": "agent-1",
+        "pid": 4242,
+        "capability_id": f"cap-{n}",
+        "resource": "file:///data",
+        "operation": "read",
+    }
+    fields.update(kw)
+    return Event(kind, 1_800_000_000.0 + n, f"trace-{n}", **fields)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_every_record_has_its_fields_and_links_to_the_previous(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        log(ev(E.CAPABILITY_REQUESTED, 1, capability_id=None))
+        log(ev(E.CAPABILITY_GRANTED, 1, decision="allow", detail={"holder": "agent-1"}))
+        log(ev(E.CAPABILITY_DENIED, 2, decision="deny", reason="denied_by_policy"))
+    recs = records(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3]
+    assert recs[0]["prev"] == GENESIS
+    for before, after in itertools.pairwise(recs):
+        assert after["prev"] == before["hash"]
+    for rec in recs:
+        assert rec["hash"] == record_hash(rec)
+        for key in ("time", "event", "trace_id", "principal", "pid", "capability_id"):
+            assert key in rec
+        for key in ("parent_id", "resource", "operation", "decision", "reason", "detail"):
+            assert key in rec
+    assert recs[1]["detail"] == {"holder": "agent-1"}
+    assert recs[2]["reason"] == "denied_by_policy"
+    assert recs[0]["capability_id"] is None
+    assert verify([path]).ok
+
+
+def test_lines_are_canonical_json(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        log(
+            ev(
+                resource="file:///d\u00e9j\u00e0",
+                detail={"z": 1, "a": ("x", "y"), "n": float("inf")},
+            )
+        )
+    line = path.read_bytes().splitlines()[0]
+    rec = json.loads(line)
+    assert line == json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+    assert line.isascii()
+    assert rec["detail"] == {"a": ["x", "y"], "n": "inf", "z": 1}
+
+
+def test_denials_and_violations_are_on_file_before_the_call_returns(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, flush_every=1000, flush_interval=3600)
+    for kind in (
+        E.CAPABILITY_DENIED,
+        E.SECURITY_VIOLATION,
+        E.CAPABILITY_GRANTED,
+        E.CAPABILITY_DELEGATED,
+        E.CAPABILITY_REVOKED,
+        E.CAPABILITY_VALIDATION_FAILED,
+        E.CONSTRAINT_VIOLATION,
+    ):
+        log(ev(kind))
+        assert records(path)[-1]["event"] == kind.value  # read back through a new handle
+    log.close()
+
+
+def test_validations_are_buffered_and_a_denial_takes_them_along_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    clock = Clock()
+    log = AuditLog(path, flush_every=3, flush_interval=10, clock=clock)
+    log(ev(E.CAPABILITY_VALIDATED, 1))
+    log(ev(E.CAPABILITY_VALIDATED, 2))
+    assert path.read_bytes() == b""
+    assert log.pending == 2
+    assert log.head == AuditHead(0, GENESIS)
+    log(ev(E.CAPABILITY_DENIED, 3))
+    assert [r["seq"] for r in records(path)] == [1, 2, 3]
+    assert log.pending == 0
+    log(ev(E.CAPABILITY_VALIDATED, 4))
+    log(ev(E.CAPABILITY_VALIDATED, 5))
+    log(ev(E.CAPABILITY_VALIDATED, 6))  # the third fills the batch
+    assert len(records(path)) == 6
+    log(ev(E.CAPABILITY_VALIDATED, 7))
+    log.flush_if_due()
+    assert len(records(path)) == 6
+    clock.now = 11
+    log.flush_if_due()
+    assert len(records(path)) == 7
+    log(ev(E.CAPABILITY_VALIDATED, 8))
+    log.close()  # close writes what is pending
+    assert len(records(path)) == 8
+    assert verify([path]).ok
+
+
+def test_sampling_applies_to_successful_validations_only(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    draws = iter([0.9, 0.1, 0.9, 0.9] * 100)
+    log = AuditLog(path, sample_rate=0.25, rng=lambda: next(draws), flush_every=1)
+    for n in range(4):
+        log(ev(E.CAPABILITY_VALIDATED, n))
+    failures = [
+        E.CAPABILITY_VALIDATION_FAILED,
+        E.CONSTRAINT_VIOLATION,
+        E.SECURITY_VIOLATION,
+        E.CAPABILITY_DENIED,
+    ]
+    for n, kind in enumerate(failures * 5):
+        log(ev(kind, n))
+    log.close()
+    recs = records(path)
+    validated = [r for r in recs if r["event"] == "capability_validated"]
+    assert len(validated) == 1
+    assert validated[0]["sample_rate"] == 0.25
+    assert len(recs) - 1 == 20  # every failure and violation is there
+    assert log.sampled_out == 3
+    assert verify([path]).ok
+
+
+def test_on_head_and_on_written_report_each_write(tmp_path: Path) -> None:
+    heads: list[tuple[int, str]] = []
+    written: list[int] = []
+    log = AuditLog(
+        tmp_path / "audit.jsonl",
+        on_head=lambda seq, h: heads.append((seq, h)),
+        on_written=written.append,
+        flush_every=2,
+    )
+    log(ev(E.CAPABILITY_GRANTED))
+    log(ev(E.CAPABILITY_VALIDATED))
+    log(ev(E.CAPABILITY_VALIDATED))
+    assert [seq for seq, _ in heads] == [1, 3]
+    assert heads[-1] == tuple(log.head)
+    assert written == [1, 2]
+    assert log.records_written == 3
+    log.close()
+
+
+def test_a_failing_head_store_fails_closed(tmp_path: Path) -> None:
+    def broken(seq: int, digest: str) -> None:
+        raise RuntimeError("database is locked")
+
+    log = AuditLog(tmp_path / "audit.jsonl", on_head=broken)
+    with pytest.raises(AuditUnavailable, match="database is locked"):
+        log(ev())
+    log.close()
+
+
+def test_reopen_resumes_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        log(ev(n=1))
+        log(ev(n=2))
+        head = log.head
+    with AuditLog(path, known_head=head) as log:
+        assert log.head == head
+        log(ev(n=3))
+    recs = records(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3]
+    assert recs[2]["prev"] == head.hash
+    assert verify([path], head).ok is True
+
+
+def test_reopen_detects_a_cut_off_tail_against_the_known_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for n in range(5):
+            log(ev(n=n))
+        head = log.head
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:3]))
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, known_head=head)
+    assert caught.value.seq == 4
+    assert caught.value.reason == "truncated"
+    assert isinstance(caught.value, AuditUnavailable)  # callers that fail closed catch it
+
+
+def test_reopen_detects_a_missing_trail_and_a_rewritten_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with pytest.raises(AuditTampered, match="seq 0"):
+        AuditLog(path, known_head=AuditHead(3, "a" * 64))
+    with AuditLog(path) as log:
+        log(ev(n=1))
+        log(ev(n=2))
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, known_head=AuditHead(2, "b" * 64))
+    assert caught.value.reason == "rewritten"
+    with pytest.raises(AuditTampered) as caught:  # behind the file: found by search
+        AuditLog(path, known_head=AuditHead(1, "b" * 64))
+    assert caught.value.seq == 1
+
+
+def test_reopen_refuses_a_partial_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        log(ev(n=1))
+        log(ev(n=2))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(AuditTampered, match="partial"):
+        AuditLog(path)
+
+
+def test_rotation_continues_the_chain_and_keeps_the_newest_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=1500) as log:
+        for n in range(30):
+            log(ev(n=n))
+        head = log.head
+    rotated = sorted(p.name for p in tmp_path.iterdir())
+    assert "audit.jsonl.1" in rotated and "audit.jsonl.3" in rotated
+    newest_old = records(tmp_path / "audit.jsonl.1")
+    live = records(path)
+    if live:
+        assert live[0]["prev"] == newest_old[-1]["hash"]
+    result = verify([str(tmp_path / "audit.jsonl*")], head)
+    assert result.ok, result
+    assert result.records == 30
+    with AuditLog(path, known_head=head) as log:  # resumes through the rotated files
+        log(ev(n=99))
+    assert verify([tmp_path]).records == 31
+
+    kept = tmp_path / "kept"
+    with AuditLog(kept / "audit.jsonl", max_bytes=1500, keep=2) as log:
+        for n in range(30):
+            log(ev(n=n))
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.1",
+        "audit.jsonl.2",
+    ]
+    assert not verify([kept]).ok  # the start is gone ...
+    assert verify([kept], allow_partial_start=True).ok  # ... which retention may allow
+
+
+def test_an_unusable_path_raises_audit_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AuditUnavailable, match="cannot open"):
+        AuditLog(blocker / "audit.jsonl")
+
+
+def test_a_failing_write_raises_audit_unavailable_and_leaves_no_gap(tmp_path: Path) -> None:
+    errors: list[OSError] = []
+    log = AuditLog("/dev/full", on_error=errors.append)
+    with pytest.raises(AuditUnavailable, match="cannot write"):
+        log(ev(E.CAPABILITY_DENIED))
+    assert log.head == AuditHead(0, GENESIS)
+    assert errors and errors[0].errno == errno.ENOSPC
+    log.close()
+
+
+def test_a_partial_write_is_cut_back_and_the_chain_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, flush_every=100)
+    log(ev(n=1))
+    before = path.read_bytes()
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log(ev(E.CAPABILITY_VALIDATED, 2))  # buffered: must survive the failure
+    monkeypatch.setattr(os, "write", flaky)
+    with pytest.raises(AuditUnavailable):
+        log(ev(E.CAPABILITY_DENIED, 3))
+    monkeypatch.setattr(os, "write", real_write)
+    assert path.read_bytes() == before
+    assert log.pending == 1
+    log(ev(E.CAPABILITY_DENIED, 4))
+    log.close()
+    recs = records(path)
+    assert [(r["seq"], r["event"]) for r in recs] == [
+        (1, "capability_granted"),
+        (2, "capability_validated"),
+        (3, "capability_denied"),
+    ]
+    assert recs[2]["trace_id"] == "trace-4"
+    assert verify([path]).ok
+
+
+def test_a_closed_log_refuses_events(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.close()
+    log.close()
+    with pytest.raises(AuditUnavailable, match="closed"):
+        log(ev())
+
+
+def test_head_text_round_trips_and_bad_heads_are_refused() -> None:
+    head = AuditHead(12, "ab" * 32)
+    assert parse_head(format_head(head)) == head
+    for bad in ("12", "x:" + "a" * 64, "3:abc", "3:" + "A" * 64):
+        with pytest.raises(ValueError, match="SEQ:HASH"):
+            parse_head(bad)
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sample_rate"):
+        AuditLog(tmp_path / "a.jsonl", sample_rate=0)
+    with pytest.raises(ValueError, match="keep"):
+        AuditLog(tmp_path / "a.jsonl", keep=0)
