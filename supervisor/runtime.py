@@ -25,6 +25,7 @@ from capsup.supervisor.audit import (
 from capsup.supervisor.config import Config
 from capsup.supervisor.events import Event, EventSink, EventType
 from capsup.supervisor.kernel import Kernel
+from capsup.supervisor.principal import OPERATOR
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
 from capsup.supervisor.server import Server, new_trace_id
 from capsup.supervisor.store import Store
@@ -102,7 +103,9 @@ class Runtime:
             sink=sink,
             tombstone_retention=config.settings.tombstone_retention,
         )
-        self.kernel.start(now=time.time(), trace_id=new_trace_id())
+        start_trace = new_trace_id()
+        self.kernel.start(now=time.time(), trace_id=start_trace)
+        self._revoke_orphans(start_trace)
         self.server = Server(
             self.kernel,
             options.endpoint,
@@ -121,6 +124,17 @@ class Runtime:
             except (ValueError, OSError) as error:
                 self.close()
                 raise MetricsUnavailable(f"--metrics {options.metrics}: {error}") from None
+
+    def _revoke_orphans(self, trace_id: str) -> None:
+        """Revoke what agents of an earlier run still hold in the store.
+
+        Agents die with their supervisor (PDEATHSIG), so after a crash and a
+        restart every holder in the store is a dead process: a dead holder
+        holds nothing, after a restart too."""
+        for holder in sorted(self.kernel.holders()):
+            self.kernel.revoke_all_for_agent(
+                OPERATOR, holder, now=time.time(), trace_id=trace_id, cause="holder_gone"
+            )
 
     def _remember_head(self, seq: int, digest: str) -> None:
         self.store.set_meta(HEAD_META_KEY, format_head(AuditHead(seq, digest)))

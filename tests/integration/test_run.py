@@ -404,3 +404,49 @@ def test_a_command_after_double_dash(tmp_path: Path) -> None:
         timeout=30,
     )
     assert proc.returncode == 5, proc.stderr
+
+
+def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state.db"
+    agent = write_agent(tmp_path, "agent", f"""
+        import os, time
+        from capsup.agents import connect
+        cap = connect().request("file://{tmp_path}", ["read"])
+        open("{tmp_path}/granted", "w").write(f"{{os.getpid()}} {{cap.id}}")
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen(
+        [*CAPSUP, "run", "--config", str(write_policy(tmp_path)), "--state", str(state),
+         "--audit-log", str(tmp_path / "audit.jsonl"), "--name", "main", str(agent)],
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "granted").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    agent_pid, cap_id = (tmp_path / "granted").read_text().split()
+    proc.kill()  # SIGKILL: no cleanup runs in the supervisor
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(int(agent_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(int(agent_pid)), "the agent outlived its supervisor"
+
+    from capsup.supervisor.store import Store
+
+    store = Store(state)
+    assert cap_id in {c.id for c in store.load().live}  # acknowledged, so persisted
+    store.close()
+    quiet = write_agent(tmp_path, "quiet", "pass")
+    outcome = capsup_run(tmp_path, quiet, extra=("--state", str(state)))
+    assert outcome.code == 0, outcome.stderr
+    store = Store(state)
+    assert store.load().tombstones[cap_id].state == "revoked"
+    store.close()
+    orphans = [r for r in outcome.events("capability_revoked") if r["capability_id"] == cap_id]
+    assert orphans and orphans[0]["detail"]["cause"] == "holder_gone"
+    # the trail the store vouches for must not be swapped for another
+    other = capsup_run(tmp_path, quiet, extra=("--state", str(state), "--audit-log",
+                                                str(tmp_path / "other.jsonl")))
+    assert other.code == 2 and "cut off" in other.stderr
