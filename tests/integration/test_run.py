@@ -349,15 +349,20 @@ def test_bad_input_never_hurts_the_server(tmp_path: Path) -> None:
             msgpack.packb({"id": 2, "op": "request", "args": {"resource": 5}}): "bad_request",
             msgpack.packb({"id": 3, "op": "validate", "args": {}}): "bad_request",
             msgpack.packb({"id": 4, "op": "whoami", "args": {}, "who": "operator"}): "bad_request",
-            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (2 << 20)}}): None,
+            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (2 << 20)}}): "message_too_large",
         }
         for payload, code in cases.items():
-            if code is None:
-                sock.send(payload)  # oversized: dropped by libzmq or refused
-                continue
             reply = ask(payload)
             assert reply["ok"] is False and reply["error"]["code"] == code, (payload[:20], reply)
             assert reply["trace_id"]
+        # a little over the limit: refused with a reply, not by dropping the peer
+        reply = ask(msgpack.packb({"id": 6, "op": "whoami", "args": {"x": "y" * (1 << 20)}}))
+        assert reply["id"] == 6 and reply["error"]["code"] == "message_too_large", reply
+        # a client that vanishes mid-request
+        gone = zmq.Context().socket(zmq.DEALER)
+        gone.connect(os.environ["CAPSUP_ENDPOINT"])
+        gone.send(msgpack.packb({"id": 7, "op": "list", "args": {}}))
+        gone.close(linger=0)
         sock.send_multipart([b"", b"two", b"frames"])
         assert msgpack.unpackb(sock.recv_multipart()[-1])["error"]["code"] == "bad_request"
         sock.close(linger=0)
@@ -410,16 +415,31 @@ def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state.db"
-    agent = write_agent(tmp_path, "agent", f"""
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
         import os, time
         from capsup.agents import connect
         cap = connect().request("file://{tmp_path}", ["read"])
         open("{tmp_path}/granted", "w").write(f"{{os.getpid()}} {{cap.id}}")
         time.sleep(120)
-    """)
+    """,
+    )
     proc = subprocess.Popen(
-        [*CAPSUP, "run", "--config", str(write_policy(tmp_path)), "--state", str(state),
-         "--audit-log", str(tmp_path / "audit.jsonl"), "--name", "main", str(agent)],
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(write_policy(tmp_path)),
+            "--state",
+            str(state),
+            "--audit-log",
+            str(tmp_path / "audit.jsonl"),
+            "--name",
+            "main",
+            str(agent),
+        ],
     )
     deadline = time.monotonic() + 30
     while not (tmp_path / "granted").exists() and time.monotonic() < deadline:
@@ -447,6 +467,7 @@ def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights
     orphans = [r for r in outcome.events("capability_revoked") if r["capability_id"] == cap_id]
     assert orphans and orphans[0]["detail"]["cause"] == "holder_gone"
     # the trail the store vouches for must not be swapped for another
-    other = capsup_run(tmp_path, quiet, extra=("--state", str(state), "--audit-log",
-                                                str(tmp_path / "other.jsonl")))
+    other = capsup_run(
+        tmp_path, quiet, extra=("--state", str(state), "--audit-log", str(tmp_path / "other.jsonl"))
+    )
     assert other.code == 2 and "cut off" in other.stderr
