@@ -10,12 +10,15 @@ relies on.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from capsup.validators.base import ConstraintError, OperationError
 
 __all__ = [
+    "MAX_INT",
+    "bad_size",
     "has_control_char",
     "meet_keys",
     "normalize_operation_names",
@@ -23,6 +26,11 @@ __all__ = [
     "positive_number",
     "string_list",
 ]
+
+#: The largest integer msgpack and SQLite both store as a number.
+MAX_INT = 2**63 - 1
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def has_control_char(text: str) -> bool:
@@ -32,7 +40,15 @@ def has_control_char(text: str) -> bool:
     or newlines are silently dropped by WHATWG URL parsing: none of them has a
     legitimate place in a resource name.
     """
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in text)
+    return _CONTROL.search(text) is not None
+
+
+def bad_size(size: object) -> bool:
+    """Whether a use's ``size`` is neither ``None`` nor a non-negative ``int``.
+
+    A negative size would slip under every ``max_bytes``.
+    """
+    return size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0)
 
 
 def normalize_operation_names(
@@ -58,20 +74,24 @@ def normalize_operation_names(
 
 
 def positive_int(key: str, value: object) -> int:
-    """A positive ``int`` (``bool`` is not an integer here)."""
+    """A positive ``int`` (``bool`` is not an integer here) that fits in 64 bits."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConstraintError(f"{key} must be a positive integer")
+    if value > MAX_INT:
+        raise ConstraintError(f"{key} must be at most {MAX_INT}")
     return value
 
 
 def positive_number(key: str, value: object) -> int | float:
-    """A positive, finite ``int`` or ``float`` (not ``bool``)."""
+    """A positive, finite ``int`` or ``float`` (not ``bool``) that fits in 64 bits."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConstraintError(f"{key} must be a positive number")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConstraintError(f"{key} must be a finite number")
     if value <= 0:
         raise ConstraintError(f"{key} must be a positive number")
+    if value > MAX_INT:
+        raise ConstraintError(f"{key} must be at most {MAX_INT}")
     return value
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
+    bad_size,
     has_control_char,
     meet_keys,
     normalize_operation_names,
@@ -183,6 +184,8 @@ class FilesystemValidator(Validator):
     def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not a file operation")
+        if bad_size(use.size):
+            return deny("bad_size", "size must be a non-negative integer")
         root = _root_of(resource)
         path = parse_target(use.target)
         resolved = resolve(path)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import ada_url
 from capsup.validators._common import (
+    bad_size,
     has_control_char,
     meet_keys,
     normalize_operation_names,
@@ -48,6 +49,7 @@ __all__ = ["MAX_URL_LENGTH", "HttpValidator", "ParsedURL", "URLError", "parse_ur
 MAX_URL_LENGTH = 8192
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_WHITESPACE = re.compile(r"\s")  # Unicode whitespace, the characters str.isspace() names
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -111,7 +113,7 @@ def parse_url(url: object, *, allow_wildcard: bool = False) -> ParsedURL:
         raise URLError("url_too_long", f"the URL is longer than {MAX_URL_LENGTH}")
     if has_control_char(url):
         raise URLError("control_character", "control character in the URL")
-    if any(ch.isspace() for ch in url):
+    if _WHITESPACE.search(url):
         raise URLError("whitespace", "whitespace in the URL")
     if "\\" in url:
         raise URLError("backslash", "backslash in the URL")
@@ -296,6 +298,8 @@ class HttpValidator(Validator):
     def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not an HTTP method")
+        if bad_size(use.size):
+            return deny("bad_size", "size must be a non-negative integer")
         target = parse_url(use.target)
         cap = _capability(resource)
         if target.host != cap.host or cap.wildcard:
