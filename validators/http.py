@@ -50,7 +50,9 @@ MAX_URL_LENGTH = 8192
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 _WHITESPACE = re.compile(r"\s")  # Unicode whitespace, the characters str.isspace() names
+_AUTHORITY_END = re.compile(r"[/?#]")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_ENCODED_CONTROL = re.compile(r"%(?:[01][0-9A-F]|7F)")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -96,10 +98,6 @@ class ParsedURL:
         """The URL to request (or, for a capability, its canonical resource)."""
         return f"{self.scheme}://{self.authority}{self.path}{self.query}"
 
-    @property
-    def segments(self) -> tuple[str, ...]:
-        return tuple(self.path.split("/")[1:])
-
 
 def parse_url(url: object, *, allow_wildcard: bool = False) -> ParsedURL:
     """Parse an ``http``/``https`` URL strictly; raises :class:`URLError`.
@@ -118,14 +116,13 @@ def parse_url(url: object, *, allow_wildcard: bool = False) -> ParsedURL:
     if "\\" in url:
         raise URLError("backslash", "backslash in the URL")
     match = _SCHEME.match(url)
-    scheme = match.group(1).lower() if match else ""
-    if scheme not in _DEFAULT_PORTS:
+    if match is None or match.group(1).lower() not in _DEFAULT_PORTS:
         raise URLError("bad_scheme", "only http and https URLs")
-    assert match is not None
+    scheme = match.group(1).lower()
     rest = url[match.end() :]
     if not rest.startswith("//"):
         raise URLError("bad_url", "expected // after the scheme")
-    authority = re.split(r"[/?#]", rest[2:], maxsplit=1)[0]
+    authority = _AUTHORITY_END.split(rest[2:], maxsplit=1)[0]
     wildcard = allow_wildcard and authority.startswith("*.")
     if wildcard:
         authority = authority[2:]
@@ -195,7 +192,7 @@ def _normalize_path(path: str) -> str:
             raise URLError("encoded_separator", "an encoded / or \\ in the path")
         if "%252E" in upper or "%252F" in upper or "%255C" in upper:
             raise URLError("double_encoding", "a doubly encoded dot or separator")
-        if re.search(r"%(?:[01][0-9A-F]|7F)", upper):
+        if _ENCODED_CONTROL.search(upper):
             raise URLError("control_character", "an encoded control character in the path")
     if "." in path:
         for segment in path.split("/"):
