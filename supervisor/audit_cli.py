@@ -27,6 +27,7 @@ from capsup.supervisor.audit_verify import (
     last_lines,
     parse_line,
     rotated_siblings,
+    tail_of,
     trail_files,
     verify,
 )
@@ -193,10 +194,13 @@ def _tail(args: argparse.Namespace) -> int:
             break
         lines, _ = last_lines(source, args.lines - len(wanted))
         wanted = lines + wanted
+    shown = None
     for data in wanted:
         _print_line(data, args.json, sys.stdout)
+        record = parse_line(data)
+        shown = record["seq"] if record is not None else shown
     if args.follow:
-        for data in _follow(path):
+        for data in _Follower(path, shown).lines():
             _print_line(data, args.json, sys.stdout)
     return 0
 
@@ -247,47 +251,64 @@ def _print_line(
     print(text, file=out, flush=True)
 
 
-def _follow(path: Path, interval: float = 0.25) -> Iterator[bytes]:
-    """New lines of ``path`` as they are written, across rotations.
+class _Follower:
+    """New lines of a trail as they are written, across rotations.
 
-    Records are tracked by ``seq``, not by file position: when the writer
-    rotates faster than we poll, the records that went into rotated files in
-    between are fetched from those files, so nothing is skipped or repeated.
+    Records are tracked by ``seq``, not by file position: whatever was
+    written between the printed tail and the start of following, or went
+    into rotated files while the writer rotated faster than we poll, is
+    fetched from where it now is, so nothing is skipped or repeated.
     """
-    stream = path.open("rb")
-    stream.seek(0, os.SEEK_END)
-    last = _last_seq(path)
-    pending = b""
-    try:
-        while True:
-            chunk = stream.read()
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    record = parse_line(line)
-                    seq = record["seq"] if record is not None else None
-                    if seq is not None and last is not None:
-                        if seq <= last:
-                            continue  # already shown, from a rotated file
-                        if seq > last + 1:
-                            yield from _rotated_between(path, last, seq)
-                    if seq is not None:
-                        last = seq
-                    yield line
-                continue
-            try:
-                rotated = path.stat().st_ino != os.fstat(stream.fileno()).st_ino
-            except FileNotFoundError:
-                rotated = False
-            if rotated:
-                stream.close()
-                stream = path.open("rb")
-                pending = b""
-                continue
-            time.sleep(interval)
-    finally:
-        stream.close()
+
+    def __init__(self, path: Path, shown: int | None) -> None:
+        self.path = path
+        self.stream = path.open("rb")
+        end = self.stream.seek(0, os.SEEK_END)
+        newest, start = tail_of(self.stream, end, 1)
+        record = parse_line(newest[0]) if newest else None
+        on_file = int(record["seq"]) if record is not None else None
+        self.backlog: list[bytes] = []
+        if shown is not None and on_file is not None and on_file > shown:
+            self.backlog, start = tail_of(self.stream, end, on_file - shown)
+        self.stream.seek(start)  # a partial last line is read again, whole
+        self.last = shown if shown is not None else _last_seq(path)
+
+    def lines(self, interval: float = 0.25) -> Iterator[bytes]:
+        pending = b""
+        try:
+            yield from self._new(self.backlog)
+            while True:
+                chunk = self.stream.read()
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    yield from self._new(complete)
+                    continue
+                try:
+                    rotated = self.path.stat().st_ino != os.fstat(self.stream.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False
+                if rotated:
+                    self.stream.close()
+                    self.stream = self.path.open("rb")
+                    pending = b""
+                    continue
+                time.sleep(interval)
+        finally:
+            self.stream.close()
+
+    def _new(self, lines: list[bytes]) -> Iterator[bytes]:
+        for line in lines:
+            record = parse_line(line)
+            seq = record["seq"] if record is not None else None
+            if seq is not None and self.last is not None:
+                if seq <= self.last:
+                    continue  # already shown
+                if seq > self.last + 1:
+                    yield from _rotated_between(self.path, self.last, seq)
+            if seq is not None:
+                self.last = seq
+            yield line
 
 
 def _last_seq(path: Path) -> int | None:

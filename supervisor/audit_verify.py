@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from capsup.supervisor.audit_record import GENESIS, AuditHead, record_hash
 
@@ -28,6 +28,7 @@ __all__ = [
     "last_lines",
     "parse_line",
     "rotated_siblings",
+    "tail_of",
     "trail_files",
     "verify",
 ]
@@ -138,22 +139,28 @@ def last_lines(path: Path, count: int, *, block: int = 65536) -> tuple[list[byte
     reading the whole file, and whether the file ends with a partial line."""
     with path.open("rb") as stream:
         end = stream.seek(0, os.SEEK_END)
-        if end == 0:
-            return [], False
-        stream.seek(end - 1)
-        partial = stream.read(1) != b"\n"
-        size = min(end, block)
-        while True:
-            stream.seek(end - size)
-            data = stream.read(size)
-            # The last piece is the partial line, or the empty string after the
-            # final newline: either way not a complete line.
-            lines = data.split(b"\n")[:-1]
-            if size < end:
-                lines = lines[1:]  # the first piece may be the tail of a longer line
-            if len(lines) >= count or size >= end:
-                return lines[-count:] if count else [], partial
-            size = min(end, size * 2)
+        lines, complete_end = tail_of(stream, end, count, block=block)
+        return lines, complete_end != end
+
+
+def tail_of(
+    stream: BinaryIO, end: int, count: int, *, block: int = 65536
+) -> tuple[list[bytes], int]:
+    """The last ``count`` complete lines before offset ``end`` of an open file,
+    and the offset just past the last newline (where a partial line starts,
+    or ``end`` when there is none), reading backwards in growing blocks."""
+    if end == 0:
+        return [], 0
+    size = min(end, block)
+    while True:
+        stream.seek(end - size)
+        data = stream.read(size)
+        *lines, partial = data.split(b"\n")
+        if size < end:
+            lines = lines[1:]  # the first piece may be the tail of a longer line
+        if size >= end or (b"\n" in data and len(lines) >= count):
+            return (lines[-count:] if count else []), end - len(partial)
+        size = min(end, size * 2)
 
 
 def parse_line(data: bytes) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import selectors
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from capsup.supervisor.audit import AuditHead, AuditLog, format_head
+from capsup.supervisor.audit_cli import _Follower
 from capsup.supervisor.events import Event, EventType
 
 CAPSUP = str(Path(sys.executable).with_name("capsup"))
@@ -205,3 +207,27 @@ def test_query_skips_garbage_with_a_warning_and_escapes_hostile_values(tmp_path:
     assert '"file:///\\u001b[2Jevil me"' in done.stdout
     assert "\x1b" not in done.stdout
     assert "audit.jsonl:2: not an audit record" in done.stderr
+
+
+def test_following_picks_up_what_was_written_after_the_tail_was_printed(tmp_path: Path) -> None:
+    """The race between printing the tail and starting to follow, in-process:
+    records written in between (even into files rotated away) still come."""
+    path = tmp_path / "audit.jsonl"
+    write(path, 1)  # seq 1..3; pretend the tail showed up to seq 2
+    write(path, 8, start=2, max_bytes=1500)  # seq 4..27, rotating on the way
+    follower = _Follower(path, shown=2)
+    got = [json.loads(line)["seq"] for line in itertools.islice(follower.lines(), 25)]
+    assert got == list(range(3, 28))
+    follower.stream.close()
+
+
+def test_following_reads_a_line_that_was_half_written_when_it_started(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 1)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"half":')  # a writer caught mid-line
+    follower = _Follower(path, shown=3)
+    lines = follower.lines(interval=0.01)
+    path.write_bytes(whole + b'{"half":1}\n')
+    assert next(lines) == b'{"half":1}'
+    lines.close()

@@ -1,0 +1,212 @@
+"""The trail a real ``capsup run`` writes: every event type, with its fields,
+tied together by trace ids, verified against the head the state store kept."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from capsup.supervisor.audit import HEAD_META_KEY, parse_head, verify
+from capsup.supervisor.audit_record import EVENT_FIELDS
+from capsup.supervisor.events import EventType
+from capsup.supervisor.store import Store
+
+CAPSUP = str(Path(sys.executable).with_name("capsup"))
+
+PARENT = """
+import sys, time
+from pathlib import Path
+import zmq
+from capsup.agents import AccessDenied, connect
+from capsup.agents.client import ENDPOINT_ENV
+import os
+
+ws, child_script, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+c = connect()
+c.whoami()
+cap = c.request(f"file://{ws}", ["read", "list"], ttl=60, trace_id="T-GRANT")
+c.validate(cap, "read", f"{ws}/a.txt", trace_id="T-GRANT")
+for attempt in [
+    lambda: c.validate(cap, "read", f"{ws}/../outside.txt", trace_id="T-CONSTRAINT"),
+    lambda: c.request("file:///etc", ["read"], trace_id="T-DENIED"),
+    lambda: c.validate("cap_forged_123", "read", f"{ws}/a.txt", trace_id="T-FORGED"),
+]:
+    try:
+        attempt()
+        raise SystemExit("should have been denied")
+    except AccessDenied:
+        pass
+short = c.request(f"file://{ws}", ["read"], ttl=0.3)
+time.sleep(0.5)
+try:
+    c.validate(short, "read", f"{ws}/a.txt", trace_id="T-EXPIRED")
+    raise SystemExit("should have expired")
+except AccessDenied:
+    pass
+raw = zmq.Context.instance().socket(zmq.REQ)
+raw.connect(os.environ[ENDPOINT_ENV])
+raw.send(b"\\xc1 this is not msgpack")
+assert raw.poll(10000), "no reply to garbage"
+raw.recv()
+raw.close(linger=0)
+helper = c.spawn(
+    [sys.executable, child_script, cap.id, str(marker)],
+    name="child",
+    capabilities=[{"capability": cap.id, "operations": ["read"]}],
+    trace_id="T-GRANT",
+)
+deadline = time.monotonic() + 20
+while not marker.exists():
+    assert time.monotonic() < deadline, "the child never got ready"
+    time.sleep(0.05)
+revoked = c.revoke(cap, trace_id="T-GRANT")
+assert len(revoked) == 2, revoked
+assert c.wait(helper.agent_id, timeout=20) == 0
+c.close()
+"""
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from capsup.agents import AccessDenied, connect
+
+stolen, marker = sys.argv[1], Path(sys.argv[2])
+c = connect()
+mine = c.list_my_capabilities()[0]
+try:
+    c.validate(stolen, "read", mine.resource.removeprefix("file://") + "/a.txt")
+    raise SystemExit("a stolen id validated")
+except AccessDenied:
+    pass
+marker.write_text("ready")
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:  # until the parent's revocation reaches my copy
+    try:
+        c.validate(mine, "read", mine.resource.removeprefix("file://") + "/a.txt")
+    except AccessDenied:
+        c.close()
+        raise SystemExit(0)
+    time.sleep(0.05)
+raise SystemExit("never revoked")
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """One real supervised run; returns (trail, state file, records)."""
+    tmp = tmp_path_factory.mktemp("run")
+    ws = tmp / "ws"
+    ws.mkdir()
+    (ws / "a.txt").write_text("hello")
+    (tmp / "parent.py").write_text(textwrap.dedent(PARENT))
+    (tmp / "child.py").write_text(textwrap.dedent(CHILD))
+    config = tmp / "capsup.toml"
+    config.write_text(
+        "[agents.parent]\n"
+        f'allow = [{{ resource = "file://{ws}", operations = ["read", "list"], '
+        "max_ttl = 120, max_delegation_depth = 2 }]\n"
+        "[agents.child]\nallow = []\n"
+    )
+    trail, state = tmp / "audit.jsonl", tmp / "state.db"
+    command = [CAPSUP, "run", "--config", config, "--state", state, "--audit-log", trail]
+    agent = [tmp / "parent.py", ws, tmp / "child.py", tmp / "ready"]
+    done = subprocess.run(
+        [*command, *agent],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    return trail, state, records
+
+
+def test_every_event_type_appears_with_every_field(
+    run: tuple[Path, Path, list[dict[str, Any]]],
+) -> None:
+    _, _, records = run
+    seen = Counter(r["event"] for r in records)
+    assert set(seen) == {str(e) for e in EventType}, seen
+    for record in records:
+        assert set(EVENT_FIELDS) | {"seq", "prev", "hash"} <= set(record)
+    kinds = {r["detail"]["kind"] for r in records if r["event"] == "security_violation"}
+    assert {"forged_id", "stolen_id", "malformed_input"} <= kinds
+    agents = {r["detail"]["name"] for r in records if r["event"] == "agent_terminated"}
+    assert agents == {"parent", "child"}
+
+
+def test_one_trace_ties_request_grant_use_delegation_and_cascade(
+    run: tuple[Path, Path, list[dict[str, Any]]],
+) -> None:
+    _, _, records = run
+    story = [r for r in records if r["trace_id"] == "T-GRANT"]
+    events = [r["event"] for r in story]
+    for needed in (
+        "capability_requested",
+        "capability_granted",
+        "capability_validated",
+        "capability_delegated",
+    ):
+        assert needed in events, events
+    assert events.index("capability_requested") < events.index("capability_granted")
+    root = next(r for r in story if r["event"] == "capability_granted")
+    delegated = next(r for r in story if r["event"] == "capability_delegated")
+    assert delegated["parent_id"] == root["capability_id"]
+    revoked = [r for r in story if r["event"] == "capability_revoked"]
+    assert {r["capability_id"] for r in revoked} == {
+        root["capability_id"],
+        delegated["capability_id"],
+    }
+    assert revoked[0]["detail"]["cascade_size"] == 2  # the first record sizes the cascade
+    assert revoked[1]["detail"]["cascade_of"] == root["capability_id"]
+    started = next(r for r in story if r["event"] == "agent_started")  # the spawn's effect
+    assert started["principal"] == delegated["detail"]["holder"]
+    acts = [r for r in story if r["event"] != "agent_started"]
+    assert all(r["principal"] == root["principal"] for r in acts)
+
+
+def test_refusals_carry_their_decision_and_reason(
+    run: tuple[Path, Path, list[dict[str, Any]]],
+) -> None:
+    _, _, records = run
+
+    def first(event: str, trace: str) -> dict[str, Any]:
+        return next(r for r in records if r["event"] == event and r["trace_id"] == trace)
+
+    assert first("capability_denied", "T-DENIED")["reason"] == "denied_by_policy"
+    assert first("constraint_violation", "T-CONSTRAINT")["decision"] == "deny"
+    assert first("capability_validation_failed", "T-FORGED")["reason"] == "unknown_capability"
+    late = first("capability_validation_failed", "T-EXPIRED")
+    assert late["reason"] == "expired"
+    expired = [r for r in records if r["event"] == "capability_expired"]
+    assert [r["capability_id"] for r in expired] == [late["capability_id"]]
+    assert expired[0]["seq"] < late["seq"]
+    assert expired[0]["detail"]["cause"] == "expired"
+
+
+def test_the_trail_verifies_against_the_head_the_store_kept(
+    run: tuple[Path, Path, list[dict[str, Any]]],
+) -> None:
+    trail, state, records = run
+    store = Store(str(state))
+    try:
+        kept = store.get_meta(HEAD_META_KEY)
+    finally:
+        store.close()
+    assert kept is not None
+    head = parse_head(kept)
+    assert head.seq == records[-1]["seq"] == len(records)
+    assert verify([trail], head).ok
+    done = subprocess.run(
+        [CAPSUP, "audit", "verify", str(trail), "--head", kept],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout
