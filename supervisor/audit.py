@@ -24,6 +24,7 @@ See docs/audit.md.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import threading
@@ -149,14 +150,18 @@ class AuditLog:
         self._written = 0
         self._fd: int | None = None
         self._broken: str | None = None
-        self._head = self._resume(known_head)
-        self._tail = self._head  # the last record assigned, written or buffered
+        self._lock_fd: int | None = self._take_lock()
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._head = self._resume(known_head)
+            self._tail = self._head  # the last record assigned, written or buffered
             self._fd = os.open(self._path, _OPEN_FLAGS, 0o600)
             self._size = os.fstat(self._fd).st_size
         except OSError as error:
+            self._release_lock()
             raise AuditUnavailable(f"cannot open the audit trail {self._path}: {error}") from error
+        except BaseException:
+            self._release_lock()
+            raise
 
     # -- the sink ---------------------------------------------------------------
 
@@ -201,16 +206,17 @@ class AuditLog:
                 self._write(self._require_open(), [], self._tail)
 
     def close(self) -> None:
-        """Write what is buffered and close the file (idempotent)."""
+        """Write what is buffered, close the file and let go of the trail
+        (idempotent)."""
         with self._lock:
-            if self._fd is None:
-                return
             try:
-                if self._buffer:
+                if self._fd is not None and self._buffer:
                     self._write(self._fd, [], self._tail)
             finally:
-                os.close(self._fd)
-                self._fd = None
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                self._release_lock()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -250,6 +256,29 @@ class AuditLog:
         return self._written
 
     # -- internals ----------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        """Hold ``PATH.lock`` exclusively while open: two writers on one trail
+        would fork the chain, so a second supervisor is refused instead."""
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise AuditUnavailable(f"cannot open the audit trail {self._path}: {error}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            raise AuditUnavailable(
+                f"the audit trail {self._path} is in use by another process ({lock_path})"
+            ) from error
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
 
     def _require_open(self) -> int:
         if self._fd is None:

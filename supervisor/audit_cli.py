@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from capsup.supervisor.audit_record import format_head, parse_head
+from capsup.supervisor.audit_record import HEAD_META_KEY, format_head, parse_head
 from capsup.supervisor.audit_verify import (
     iter_lines,
     last_lines,
@@ -64,10 +65,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(rotated files of a named trail are included, oldest first).",
     )
     check.add_argument("paths", nargs="+", metavar="PATH", help="trail file, glob or directory")
-    check.add_argument(
+    head = check.add_mutually_exclusive_group()
+    head.add_argument(
         "--head",
         metavar="SEQ:HASH",
         help="the chain head the state store kept; detects a cut-off tail",
+    )
+    head.add_argument(
+        "--store",
+        metavar="PATH",
+        help="read that head from the supervisor's state file (opened read-only)",
     )
     check.add_argument(
         "--allow-missing-start",
@@ -167,8 +174,9 @@ def _files(paths: list[str]) -> list[Path]:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    text = _head_from_store(Path(args.store)) if args.store else args.head
     try:
-        head = parse_head(args.head) if args.head else None
+        head = parse_head(text) if text else None
     except ValueError as error:
         raise UsageError(f"audit verify: --head: {error}") from None
     result = verify(_files(args.paths), head, allow_partial_start=args.allow_missing_start)
@@ -180,6 +188,25 @@ def _verify(args: argparse.Namespace) -> int:
     where = f" ({result.path}:{result.line})" if result.path else ""
     print(f"broken at seq {result.broken_seq}: {result.reason}: {result.message}{where}")
     return 1
+
+
+def _head_from_store(path: Path) -> str | None:
+    """The ``audit_head`` the supervisor kept, read without changing the file:
+    an incident responder must not migrate or checkpoint the evidence."""
+    if not path.is_file():
+        raise UsageError(f"audit verify: --store: {path}: no such state file")
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (HEAD_META_KEY,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise UsageError(f"audit verify: --store: {path}: {error}") from None
+    if row is None:
+        print(f"capsup: {path} keeps no audit head; a cut-off tail goes unnoticed", file=sys.stderr)
+        return None
+    return str(row[0])
 
 
 def _tail(args: argparse.Namespace) -> int:

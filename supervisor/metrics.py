@@ -274,6 +274,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that hung up mid-reply is its own problem; the default
+        prints a traceback into the supervisor's stderr."""
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6

@@ -100,6 +100,8 @@ def test_verify_follows_rotation(tmp_path: Path) -> None:
     [
         ("verify", "{tmp}/missing.jsonl"),
         ("verify", "{tmp}/audit.jsonl", "--head", "7"),
+        ("verify", "{tmp}/audit.jsonl", "--store", "{tmp}/missing.db"),
+        ("verify", "{tmp}/audit.jsonl", "--store", "{tmp}/audit.jsonl"),
         ("tail", "{tmp}/missing.jsonl"),
         ("query", "{tmp}/missing.jsonl"),
         ("query", "{tmp}/audit.jsonl", "--event", "capability_stolen"),

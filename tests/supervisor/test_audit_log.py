@@ -18,6 +18,7 @@ from capsup.supervisor.audit import (
     AuditTampered,
     format_head,
     parse_head,
+    trail_files,
     verify,
 )
 from capsup.supervisor.audit_record import record_hash
@@ -265,11 +266,8 @@ def test_rotation_continues_the_chain_and_keeps_the_newest_files(tmp_path: Path)
     with AuditLog(kept / "audit.jsonl", max_bytes=1500, keep=2) as log:
         for n in range(30):
             log(ev(n=n))
-    assert sorted(p.name for p in kept.iterdir()) == [
-        "audit.jsonl",
-        "audit.jsonl.1",
-        "audit.jsonl.2",
-    ]
+    names = sorted(p.name for p in kept.iterdir())
+    assert names == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.lock"]
     assert not verify([kept]).ok  # the start is gone ...
     assert verify([kept], allow_partial_start=True).ok  # ... which retention may allow
 
@@ -283,7 +281,9 @@ def test_an_unusable_path_raises_audit_unavailable(tmp_path: Path) -> None:
 
 def test_a_failing_write_raises_audit_unavailable_and_leaves_no_gap(tmp_path: Path) -> None:
     errors: list[OSError] = []
-    log = AuditLog("/dev/full", on_error=errors.append)
+    full = tmp_path / "audit.jsonl"
+    full.symlink_to("/dev/full")  # every write fails with ENOSPC
+    log = AuditLog(full, on_error=errors.append)
     with pytest.raises(AuditUnavailable, match="cannot write"):
         log(ev(E.CAPABILITY_DENIED))
     assert log.head == AuditHead(0, GENESIS)
@@ -347,3 +347,23 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         AuditLog(tmp_path / "a.jsonl", sample_rate=0)
     with pytest.raises(ValueError, match="keep"):
         AuditLog(tmp_path / "a.jsonl", keep=0)
+
+
+def test_one_writer_per_trail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = AuditLog(path)
+    with pytest.raises(AuditUnavailable, match="in use by another process"):
+        AuditLog(path)
+    first(ev(n=1))
+    first.close()
+    with AuditLog(path) as second:  # released on close
+        second(ev(n=2))
+    assert verify([path]).records == 2
+    assert [p.name for p in trail_files([tmp_path])] == ["audit.jsonl"]  # the lock is no trail
+
+
+def test_a_refused_open_lets_go_of_the_trail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with pytest.raises(AuditTampered):
+        AuditLog(path, known_head=AuditHead(1, "a" * 64))
+    AuditLog(path).close()

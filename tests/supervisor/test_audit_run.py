@@ -210,3 +210,29 @@ def test_the_trail_verifies_against_the_head_the_store_kept(
         timeout=30,
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_verify_reads_the_head_from_the_state_file_and_sees_a_cut(
+    run: tuple[Path, Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    trail, state, _ = run
+    before = state.read_bytes()
+    done = subprocess.run(
+        [CAPSUP, "audit", "verify", str(trail), "--store", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert state.read_bytes() == before  # evidence is read, never changed
+    cut = tmp_path / "audit.jsonl"
+    lines = trail.read_text().splitlines(keepends=True)
+    cut.write_text("".join(lines[:-3]))
+    done = subprocess.run(
+        [CAPSUP, "audit", "verify", str(cut), "--store", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert f"broken at seq {len(lines) - 2}: truncated" in done.stdout
