@@ -89,13 +89,18 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
     databases = _parse_databases(_table(data, "databases"))
     validators = default_registry({name: db.dialect for name, db in databases.items()})
     ceilings: dict[str, tuple[Ceiling, ...]] = {}
+    spawnable: dict[str, frozenset[str]] = {}
     for name, entry in _table(data, "agents").items():
         where = f"agents.{name}"
         if not isinstance(entry, Mapping):
             raise PolicyError(f"{where}: must be a table")
-        extra = set(entry) - {"allow"}
+        extra = set(entry) - {"allow", "may_spawn"}
         if extra:
             raise PolicyError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        may_spawn = entry.get("may_spawn", [])
+        if not isinstance(may_spawn, list) or not all(isinstance(n, str) for n in may_spawn):
+            raise PolicyError(f"{where}.may_spawn: must be a list of agent names")
+        spawnable[name] = frozenset(may_spawn)
         allow = entry.get("allow", [])
         if not isinstance(allow, list):
             raise PolicyError(f"{where}.allow: must be a list of tables")
@@ -103,7 +108,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             parse_ceiling(item, validators, f"{where}.allow[{i}]") for i, item in enumerate(allow)
         )
     return Config(
-        policy=Policy(ceilings),
+        policy=Policy(ceilings, spawnable),
         databases=databases,
         settings=_parse_settings(_table(data, "supervisor")),
         validators=validators,

@@ -129,6 +129,10 @@ class Kernel:
         return self._store
 
     @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
     def live_count(self) -> int:
         return len(self._live)
 

@@ -50,12 +50,18 @@ class Ceiling:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Principal name -> its ceilings."""
+    """Principal name -> its ceilings, and which names its sub-agents may take."""
 
     ceilings: Mapping[str, Sequence[Ceiling]] = field(default_factory=dict)
+    spawnable: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def ceilings_for(self, name: str) -> Sequence[Ceiling]:
         return self.ceilings.get(name, ())
+
+    def may_spawn(self, parent: str, child: str) -> bool:
+        """Whether an agent under policy ``parent`` may start a sub-agent that is
+        judged by the policy entry ``child`` (its ``may_spawn`` list says so)."""
+        return child in self.spawnable.get(parent, ())
 
 
 def parse_ceiling(raw: object, validators: ValidatorRegistry, where: str) -> Ceiling:

@@ -37,6 +37,8 @@ class AgentProcess:
     create_time: float
     pidfd: int
     parent: str | None = None
+    #: The policy key its own requests are judged by; "" for none.
+    policy_name: str = ""
     children: set[str] = field(default_factory=set)
     returncode: int | None = None
     kill_at: float | None = None
@@ -88,6 +90,7 @@ class ProcessTable:
         *,
         agent_id: str,
         name: str,
+        policy_name: str,
         parent: str | None = None,
         stdin_devnull: bool = False,
         extra_env: Mapping[str, str] | None = None,
@@ -121,7 +124,7 @@ class ProcessTable:
         except psutil.Error:
             # Gone already; the pidfd is readable and the exit is handled as usual.
             create_time = 0.0
-        agent = AgentProcess(agent_id, name, popen, create_time, pidfd, parent)
+        agent = AgentProcess(agent_id, name, popen, create_time, pidfd, parent, policy_name)
         self._by_id[agent_id] = agent
         self._by_pidfd[pidfd] = agent
         self._by_key[(popen.pid, create_time)] = agent

@@ -25,8 +25,8 @@ from capsup.supervisor.audit import (
 from capsup.supervisor.config import Config
 from capsup.supervisor.events import Event, EventSink, EventType
 from capsup.supervisor.kernel import Kernel
-from capsup.supervisor.principal import OPERATOR
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
+from capsup.supervisor.principal import OPERATOR
 from capsup.supervisor.server import Server, new_trace_id
 from capsup.supervisor.store import Store
 

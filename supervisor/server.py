@@ -117,20 +117,26 @@ class Server:
         argv: Sequence[str],
         *,
         name: str,
+        policy_name: str | None = None,
         parent: AgentProcess | None = None,
         agent_id: str | None = None,
         trace_id: str | None = None,
     ) -> AgentProcess:
-        """Spawn an agent and make it known to the kernel and the poller."""
+        """Spawn an agent and make it known to the kernel and the poller.
+
+        ``policy_name`` (default: ``name``) is the policy key its own requests
+        are judged by; ``""`` gives it no ceilings of its own."""
+        policy_name = name if policy_name is None else policy_name
         agent = self.processes.spawn(
             argv,
             agent_id=agent_id or new_agent_id(name),
             name=name,
+            policy_name=policy_name,
             parent=parent.agent_id if parent else None,
             stdin_devnull=parent is not None,
         )
         self.kernel.register_principal(
-            Principal(agent.agent_id, name, pid=agent.pid),
+            Principal(agent.agent_id, policy_name, pid=agent.pid),
             parent=parent.agent_id if parent else None,
         )
         self._poller.register(agent.pidfd, zmq.POLLIN)
@@ -143,6 +149,7 @@ class Server:
                 pid=agent.pid,
                 detail={
                     "name": name,
+                    "policy_name": policy_name,
                     "parent": agent.parent,
                     "argv": [a[:256] for a in argv[:32]],
                 },
@@ -330,7 +337,7 @@ class Server:
             trace = p.best_effort_trace_id(payload) or new_trace_id()
             self._violation(ViolationKind.UNAUTHENTICATED, error, trace, frame, pid=pid)
             raise error
-        principal = Principal(agent.agent_id, agent.name, pid=pid)
+        principal = Principal(agent.agent_id, agent.policy_name, pid=pid)
         peer = _Peer(agent, principal, direct=pid == agent.pid)
         self._peers[key] = peer
         return principal, peer
@@ -371,8 +378,12 @@ class Server:
         refused delegation starts nothing, and a failed start revokes them."""
         now = time.time()
         name = args.name or Path(args.argv[0]).name
+        # A sub-agent's name is a policy key only where the parent's entry
+        # lists it in may_spawn; otherwise an agent could spawn a helper named
+        # after a more privileged entry and be granted that entry's rights.
+        policy_name = name if self.kernel.policy.may_spawn(principal.name, name) else ""
         agent_id = new_agent_id(name)
-        self.kernel.register_principal(Principal(agent_id, name), parent=peer.agent.agent_id)
+        self.kernel.register_principal(Principal(agent_id, policy_name), parent=peer.agent.agent_id)
         delegated = []
         try:
             for grant in args.capabilities:
@@ -389,7 +400,12 @@ class Server:
                     )
                 )
             child = self.start_agent(
-                args.argv, name=name, parent=peer.agent, agent_id=agent_id, trace_id=trace_id
+                args.argv,
+                name=name,
+                policy_name=policy_name,
+                parent=peer.agent,
+                agent_id=agent_id,
+                trace_id=trace_id,
             )
         except CapsupError:
             if delegated:

@@ -471,3 +471,34 @@ def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights
         tmp_path, quiet, extra=("--state", str(state), "--audit-log", str(tmp_path / "other.jsonl"))
     )
     assert other.code == 2 and "cut off" in other.stderr
+
+
+def test_a_sub_agent_cannot_take_a_privileged_policy_name(tmp_path: Path) -> None:
+    write_agent(
+        tmp_path,
+        "impostor",
+        f"""
+        import sys
+        from capsup.agents import DeniedByPolicy, connect
+        client = connect()
+        assert client.whoami().principal == ""
+        try:
+            client.request("file://{tmp_path}", ["read"])
+        except DeniedByPolicy:
+            sys.exit(42)
+        """,
+    )
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import sys
+        from capsup.agents import connect
+        client = connect()
+        # "main" is this agent's own, privileged, policy entry
+        child = client.spawn([sys.executable, "{tmp_path}/impostor.py"], name="main")
+        sys.exit(client.wait(child.agent_id, timeout=30))
+        """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 42, outcome.stderr

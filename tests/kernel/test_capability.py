@@ -35,7 +35,9 @@ def test_wire_round_trip_through_msgpack() -> None:
     ops=st.sets(st.sampled_from(["read", "write", "list"]), min_size=1),
     depth=st.integers(0, 64),
     times=st.tuples(st.floats(0, 1e10), st.floats(0, 1e10)),
-    meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    meta=st.dictionaries(
+        st.text(max_size=5), st.integers(-(2**63), 2**64 - 1) | st.text(max_size=5), max_size=3
+    ),
 )
 def test_any_capability_round_trips(ops, depth, times, meta) -> None:
     cap = Capability(

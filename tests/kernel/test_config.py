@@ -73,3 +73,14 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, names: str) -> 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_may_spawn(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[agents.a]\nmay_spawn = ["b"]\n[agents.b]\nallow = []\n')
+    policy = load_config(path).policy
+    assert policy.may_spawn("a", "b")
+    assert not policy.may_spawn("a", "a") and not policy.may_spawn("b", "a")
+    path.write_text("[agents.a]\nmay_spawn = 'b'\n")
+    with pytest.raises(ConfigError, match="may_spawn"):
+        load_config(path)
