@@ -169,21 +169,29 @@ class AuditLog:
         """Record ``event``; raise :class:`AuditUnavailable` if it cannot be."""
         with self._lock:
             fd = self._require_open()
+            before = self._tail
             if event.event == _BUFFERED:
+                extra: dict[str, Any] = {}
                 if self._sample_rate < 1.0:
                     if self._rng() >= self._sample_rate:
                         self._sampled_out += 1
                         return
-                    line, self._tail = self._seal(event, sample_rate=self._sample_rate)
-                else:
-                    line, self._tail = self._seal(event)
+                    extra["sample_rate"] = self._sample_rate
+                line, self._tail = self._seal(event, **extra)
                 if not self._buffer:
                     self._buffer_since = self._clock()
                 self._buffer.append(line)
                 if len(self._buffer) >= self._flush_every or self._due():
-                    self._write(fd, [], self._tail)
+                    try:
+                        self._write(fd, [], self._tail)
+                    except AuditUnavailable:
+                        # The caller fails closed, so this use did not happen:
+                        # its record goes; the earlier ones (already allowed) stay.
+                        if self._buffer and self._buffer[-1] is line:
+                            self._buffer.pop()
+                            self._tail = before
+                        raise
                 return
-            before = self._tail
             line, head = self._seal(event)
             self._tail = head
             try:

@@ -367,3 +367,25 @@ def test_a_refused_open_lets_go_of_the_trail(tmp_path: Path) -> None:
     with pytest.raises(AuditTampered):
         AuditLog(path, known_head=AuditHead(1, "a" * 64))
     AuditLog(path).close()
+
+
+def test_a_validation_whose_batch_cannot_be_written_is_not_recorded_as_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, flush_every=2)
+    log(ev(E.CAPABILITY_VALIDATED, 1))  # allowed; its reply went out
+    real_write = os.write
+
+    def failing(fd: int, data: Any) -> int:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(AuditUnavailable):
+        log(ev(E.CAPABILITY_VALIDATED, 2))  # fills the batch; the write fails
+    monkeypatch.setattr(os, "write", real_write)
+    assert log.pending == 1
+    log(ev(E.CAPABILITY_DENIED, 3))
+    log.close()
+    assert [(r["seq"], r["trace_id"]) for r in records(path)] == [(1, "trace-1"), (2, "trace-3")]
+    assert verify([path]).ok
