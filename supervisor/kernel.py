@@ -206,10 +206,14 @@ class Kernel:
                     resource=_clip(request.resource),
                     operation=_clip(request.operations),
                 )
+        # Recorded before it is committed: if the trail cannot be written,
+        # nothing is granted (fail closed); a crash between the two leaves a
+        # record of a grant that never took effect, never an unrecorded one.
+        for cap in granted:
+            self._emit(_cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal))
         self._persist_new(granted, trace_id)
         for cap in granted:
             self._index(cap, now)
-            self._emit(_cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal))
         return granted
 
     def delegate(
@@ -250,13 +254,14 @@ class Kernel:
                     else None
                 ),
             )
-        self._persist_new([child], trace_id)
-        self._index(child, now)
+        # Recorded before it is committed, as a grant is (see request_for_plan).
         self._emit(
             _cap_event(
                 EventType.CAPABILITY_DELEGATED, child, now, trace_id, principal, to=child.holder
             )
         )
+        self._persist_new([child], trace_id)
+        self._index(child, now)
         return child
 
     # -- validate (the hot path) ----------------------------------------------
@@ -552,7 +557,11 @@ class Kernel:
         principal: Principal | None,
         cause: str,
     ) -> None:
-        """Persist, then forget, a set of capabilities (a subtree or several)."""
+        """Persist, then forget, a set of capabilities (a subtree or several).
+
+        Unlike a grant, an ending is committed before it is recorded: a broken
+        audit trail must never keep a revocation from taking effect. The
+        caller still gets AuditUnavailable if the records cannot be written."""
         if not ids:
             return
         try:

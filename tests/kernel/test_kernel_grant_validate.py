@@ -214,3 +214,19 @@ def test_database_validation_goes_through_the_sql_validator(world: World) -> Non
             now=T0,
             trace_id="v",
         )
+
+
+def test_an_unwritable_trail_grants_nothing(world: World) -> None:
+    from capsup.agents.errors import AuditUnavailable
+    from capsup.supervisor.events import Event
+
+    def broken(event: Event) -> None:
+        if event.event in (EventType.CAPABILITY_GRANTED, EventType.CAPABILITY_DELEGATED):
+            raise AuditUnavailable("disk full")
+        world.recorder(event)
+
+    world.kernel._sink = broken
+    with pytest.raises(AuditUnavailable):
+        grant(world, f"file://{world.root}/data", ["read"])
+    assert world.kernel.live_count == 0
+    assert world.reopen().live_count == 0
