@@ -17,6 +17,7 @@ from typing import Any
 from capsup.validators.base import ConstraintError, OperationError
 
 __all__ = [
+    "CONTROL_CHARS",
     "MAX_INT",
     "bad_size",
     "has_control_char",
@@ -30,7 +31,8 @@ __all__ = [
 #: The largest integer msgpack and SQLite both store as a number.
 MAX_INT = 2**63 - 1
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 controls, DEL and C1 controls.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def has_control_char(text: str) -> bool:
@@ -40,7 +42,7 @@ def has_control_char(text: str) -> bool:
     or newlines are silently dropped by WHATWG URL parsing: none of them has a
     legitimate place in a resource name.
     """
-    return _CONTROL.search(text) is not None
+    return CONTROL_CHARS.search(text) is not None
 
 
 def bad_size(size: object) -> bool:

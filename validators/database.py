@@ -75,10 +75,6 @@ class DatabaseValidator(Validator):
             Dialect.get_or_raise(dialect)
             self._dialects[name] = dialect
 
-    @property
-    def databases(self) -> Mapping[str, str]:
-        return dict(self._dialects)
-
     # -- the algebra -----------------------------------------------------------
 
     def canonical_resource(self, uri: str) -> str:

@@ -16,6 +16,8 @@ import re
 import stat
 from dataclasses import dataclass
 
+from capsup.validators._common import has_control_char
+
 __all__ = [
     "MAX_SYMLINK_HOPS",
     "ResolveError",
@@ -115,7 +117,7 @@ def normalize_glob(pattern: str) -> str:
     equal; absolute globs and ``..`` are refused because a glob can only name
     things beneath the root it is attached to.
     """
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in pattern):
+    if has_control_char(pattern):
         raise ValueError("a glob may not hold control characters")
     if pattern.startswith("/"):
         raise ValueError(f"glob {pattern[:100]!r} must be relative to the resource")

@@ -22,11 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sqlglot
+from capsup.validators._common import CONTROL_CHARS, has_control_char
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect, NormalizationStrategy
 from sqlglot.errors import SqlglotError
 
-__all__ = ["MAX_SQL_LENGTH", "Analysis", "TableName", "analyze", "safe_functions"]
+__all__ = [
+    "MAX_SQL_LENGTH",
+    "SAFE_FUNCTION_CALLS",
+    "Analysis",
+    "TableName",
+    "analyze",
+    "safe_functions",
+]
 
 #: Longer statements are refused before parsing, which bounds parse time and
 #: what one cache entry can hold.
@@ -127,7 +135,9 @@ def analyze(sql: str, dialect: str) -> Analysis:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except Exception as error:  # ParseError, TokenError, RecursionError ...
-        return Analysis(reason="unparseable", detail=f"{type(error).__name__}: {error}"[:300])
+        # sqlglot's messages quote the SQL with ANSI underlining: keep them printable
+        message = CONTROL_CHARS.sub(" ", f"{type(error).__name__}: {error}")
+        return Analysis(reason="unparseable", detail=message[:300])
     if not statements:
         return Analysis(reason="empty_statement", detail="no SQL statement")
     if len(statements) != 1:
@@ -221,7 +231,7 @@ class _Walker:
     def _name(self, table: exp.Table) -> TableName:
         parts = tuple(self._fold(part) for part in table.parts)
         for part in parts:
-            if not part or any(ch in part for ch in "./\\:\0"):
+            if not part or any(ch in part for ch in "./\\:") or has_control_char(part):
                 raise _Refused("bad_table_name", f"table name {part[:100]!r} is not allowed")
         return parts
 

@@ -169,6 +169,7 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
     (PG, "select", 'SELECT * FROM "Users"', T, "table_not_allowed"),
     (PG, "select", "SELECT * FROM pg_catalog.pg_shadow", T, "table_not_allowed"),
     (MAIN, "select", 'SELECT * FROM "a.b"', {}, "bad_table_name"),
+    (MAIN, "select", 'SELECT * FROM "a\x1b[2Jb"', {}, "bad_table_name"),
     # -- not one plain DML statement ------------------------------------------
     (MAIN, "select", "SELECT * FROM users; DROP TABLE users", T, "multiple_statements"),
     (MAIN, "select", "SELECT 1; SELECT 2", T, "multiple_statements"),
@@ -270,6 +271,12 @@ def test_corpus(
 
 def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 60
+
+
+def test_details_are_printable() -> None:
+    decision = DB.check(MAIN, {}, Use("select", MAIN, statement="SELEC * FROM users"))
+    assert decision.reason == "unparseable"
+    assert decision.detail.isprintable()
 
 
 def test_repeated_statements_come_from_the_cache() -> None:
