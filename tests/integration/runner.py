@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,32 @@ def read_audit(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(path: Path, timeout: float = 30) -> None:
+    """Wait until an agent has written ``path`` (its way of saying it is ready)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def start_capsup(root: Path, agent: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`capsup run` in the background, with the test policy and root/audit.jsonl."""
+    return subprocess.Popen(
+        [
+            *CAPSUP,
+            "run",
+            "--config",
+            str(write_policy(root)),
+            "--audit-log",
+            str(root / "audit.jsonl"),
+            *extra,
+            "--name",
+            "main",
+            str(agent),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def capsup_run(

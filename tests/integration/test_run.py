@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runner import CAPSUP, capsup_run, read_audit, write_agent, write_policy
+from runner import CAPSUP, capsup_run, read_audit, start_capsup, wait_for, write_agent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,23 +147,9 @@ def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
     """,
     )
     audit = tmp_path / "audit.jsonl"
-    proc = subprocess.Popen(
-        [
-            *CAPSUP,
-            "run",
-            "--config",
-            str(write_policy(tmp_path)),
-            "--audit-log",
-            str(audit),
-            "--name",
-            "main",
-            str(agent),
-        ],
-    )
+    proc = start_capsup(tmp_path, agent)
     try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "endpoint").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(tmp_path / "endpoint")
         endpoint = (tmp_path / "endpoint").read_text()
         # this test process is not an agent: whatever it claims, it is nobody
         from capsup.agents import Unauthenticated, connect
@@ -248,22 +234,8 @@ def test_killing_the_agent_stops_its_sub_agents_and_revokes_everything(tmp_path:
     """,
     )
     audit = tmp_path / "audit.jsonl"
-    proc = subprocess.Popen(
-        [
-            *CAPSUP,
-            "run",
-            "--config",
-            str(write_policy(tmp_path)),
-            "--audit-log",
-            str(audit),
-            "--name",
-            "main",
-            str(agent),
-        ],
-    )
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_capsup(tmp_path, agent)
+    wait_for(tmp_path / "pids")
     time.sleep(0.2)
     main_pid, sub_pid = map(int, (tmp_path / "pids").read_text().split())
     os.kill(main_pid, signal.SIGKILL)
@@ -306,25 +278,8 @@ def test_signals_are_forwarded_and_a_stubborn_agent_is_killed(tmp_path: Path) ->
         (stubborn, signal.SIGINT, 128 + signal.SIGKILL),
     ]:
         (tmp_path / "ready").unlink(missing_ok=True)
-        proc = subprocess.Popen(
-            [
-                *CAPSUP,
-                "run",
-                "--config",
-                str(write_policy(tmp_path)),
-                "--audit-log",
-                str(tmp_path / "a.jsonl"),
-                "--grace",
-                "0.5",
-                "--name",
-                "main",
-                str(script),
-            ],
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        proc = start_capsup(tmp_path, script, "--grace", "0.5")
+        wait_for(tmp_path / "ready")
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == expected
 
@@ -426,24 +381,8 @@ def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights
         time.sleep(120)
     """,
     )
-    proc = subprocess.Popen(
-        [
-            *CAPSUP,
-            "run",
-            "--config",
-            str(write_policy(tmp_path)),
-            "--state",
-            str(state),
-            "--audit-log",
-            str(tmp_path / "audit.jsonl"),
-            "--name",
-            "main",
-            str(agent),
-        ],
-    )
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "granted").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_capsup(tmp_path, agent, "--state", str(state))
+    wait_for(tmp_path / "granted")
     time.sleep(0.1)
     agent_pid, cap_id = (tmp_path / "granted").read_text().split()
     proc.kill()  # SIGKILL: no cleanup runs in the supervisor
