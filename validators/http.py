@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -180,10 +182,11 @@ def _canonical_host(hostname: str, wildcard: bool) -> tuple[str, IPAddress | Non
 def _normalize_path(path: str) -> str:
     """Decode unreserved escapes, upper-case the others, refuse ambiguous segments.
 
-    An encoded ``/`` or ``\\``, a doubly encoded dot or separator and a
-    ``..;`` segment are read as separators or parent steps by some servers
-    and proxies (Tomcat, Spring, IIS) but not by us, which would let a
-    request leave the path prefix it was checked against.
+    An encoded ``/`` or ``\\``, a doubly encoded dot or separator, a ``..;``
+    segment, an overlong UTF-8 dot (``%c0%ae``) and a fullwidth dot or
+    solidus (``%EF%BC%8E``, which NFKC folds to ``.``) are read as separators
+    or parent steps by some servers and proxies (Tomcat, Spring, IIS) but not
+    by us, which would let a request leave the prefix it was checked against.
     """
     if "%" in path:
         path = _ESCAPE.sub(_fold_escape, path)
@@ -194,11 +197,29 @@ def _normalize_path(path: str) -> str:
             raise URLError("double_encoding", "a doubly encoded dot or separator")
         if _ENCODED_CONTROL.search(upper):
             raise URLError("control_character", "an encoded control character in the path")
+        for segment in path.split("/"):
+            if "%" in segment:
+                _check_decoded_segment(segment)
     if "." in path:
         for segment in path.split("/"):
             if segment.split(";", 1)[0] in (".", ".."):
                 raise URLError("dot_segment", "a dot segment left in the path")
     return path
+
+
+def _check_decoded_segment(segment: str) -> None:
+    """Refuse a segment whose decoded, NFKC-folded text is a separator or dot step."""
+    try:
+        decoded = urllib.parse.unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise URLError("bad_encoding", "percent-encoding is not valid UTF-8") from None
+    if has_control_char(decoded):
+        raise URLError("control_character", "an encoded control character in the path")
+    folded = unicodedata.normalize("NFKC", decoded)
+    if "/" in folded or "\\" in folded:
+        raise URLError("encoded_separator", "an encoded character that folds to / or \\")
+    if folded.split(";", 1)[0] in (".", ".."):
+        raise URLError("dot_segment", "an encoded segment that folds to a dot step")
 
 
 def _fold_escape(match: re.Match[str]) -> str:
