@@ -190,6 +190,8 @@ class _Walker:
             self._check_function(node)
         elif isinstance(node, exp.Table):
             self._table(node, ctes)
+        elif isinstance(node, exp.In):
+            self._in_table(node, ctes)
         if isinstance(node, exp.Insert | exp.Update | exp.Delete):
             self._dml_target(node)
         with_ = node.args.get("with_") or node.args.get("with")
@@ -219,6 +221,18 @@ class _Walker:
             return
         self.tables.add(name)
 
+    def _in_table(self, node: exp.In, ctes: frozenset[str]) -> None:
+        """``x IN name`` reads the table (or CTE) ``name`` in SQLite; sqlglot
+        parses the name as a column, so it is turned back into a table here."""
+        field = node.args.get("field")
+        if field is None or isinstance(field, exp.Func):
+            return  # no table; a table-valued function is checked as a function
+        if not isinstance(field, exp.Column):
+            raise _Refused("unparseable", f"IN {type(field).__name__} is not understood")
+        name = self._parts(field.parts)
+        if not (len(name) == 1 and name[0] in ctes):
+            self.tables.add(name)
+
     def _dml_target(self, node: exp.Insert | exp.Update | exp.Delete) -> None:
         """The table written is always a real table, whatever CTE is in scope."""
         target = node.this
@@ -229,7 +243,10 @@ class _Walker:
         self.tables.add(self._name(target))
 
     def _name(self, table: exp.Table) -> TableName:
-        parts = tuple(self._fold(part) for part in table.parts)
+        return self._parts(table.parts)
+
+    def _parts(self, identifiers: list[exp.Expr]) -> TableName:
+        parts = tuple(self._fold(part) for part in identifiers)
         for part in parts:
             if not part or any(ch in part for ch in "./\\:") or has_control_char(part):
                 raise _Refused("bad_table_name", f"table name {part[:100]!r} is not allowed")

@@ -42,6 +42,9 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
         ALLOW,
     ),
     (MAIN, "select", "SELECT * FROM users WHERE id IN (SELECT uid FROM orders)", T, ALLOW),
+    (MAIN, "select", "SELECT * FROM users WHERE id IN orders", T, ALLOW),
+    (MAIN, "select", "WITH ids AS (SELECT 1) SELECT * FROM users WHERE id IN ids", T, ALLOW),
+    (MAIN, "select", "SELECT * FROM users WHERE id IN (1, 2)", T, ALLOW),
     (MAIN, "select", "SELECT id FROM users UNION SELECT id FROM orders", T, ALLOW),
     (MAIN, "select", "SELECT * FROM users WHERE id = 1 OR 1=1", T, ALLOW),
     (MAIN, "select", "SELECT * FROM users WHERE id = 1 /* ; DROP TABLE users */", T, ALLOW),
@@ -80,6 +83,10 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
         T,
         "table_not_allowed",
     ),
+    # SQLite: `x IN table` reads the table (sqlglot parses the name as a column)
+    (MAIN, "select", "SELECT * FROM users WHERE id IN secrets", T, "table_not_allowed"),
+    (MAIN, "select", "SELECT * FROM users WHERE id NOT IN main.secrets", T, "table_not_allowed"),
+    (MAIN, "select", "SELECT * FROM users WHERE id IN json_each('[1]')", T, "function_not_allowed"),
     (MAIN, "select", "SELECT (SELECT pw FROM secrets LIMIT 1) FROM users", T, "table_not_allowed"),
     (
         MAIN,
