@@ -240,6 +240,23 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
     (MAIN, "select", "SELECT * FROM users WHERE id = 1 AND sleep(5)", T, "function_not_allowed"),
     (PG, "select", "SELECT pg_read_file('/etc/passwd')", T, "function_not_allowed"),
     (PG, "select", "SELECT pg_sleep(10)", T, "function_not_allowed"),
+    (
+        PG,
+        "select",
+        "SELECT query_to_xml('select * from secrets', true, true, '')",
+        T,
+        "function_not_allowed",
+    ),
+    (PG, "select", "SELECT set_config('search_path', 'evil', false)", T, "function_not_allowed"),
+    (PG, "select", "TABLE secrets", T, "table_not_allowed"),
+    (
+        PG,
+        "select",
+        "SELECT * FROM users, LATERAL (SELECT * FROM secrets) s",
+        T,
+        "table_not_allowed",
+    ),
+    (PG, "select", "DO $$ BEGIN PERFORM 1; END $$", T, "not_dml"),
     (PG, "select", "SELECT lo_import('/etc/passwd')", T, "function_not_allowed"),
     (
         PG,
