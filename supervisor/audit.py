@@ -39,11 +39,10 @@ from capsup.supervisor.audit_record import (
     GENESIS,
     HEAD_META_KEY,
     AuditHead,
-    canonical,
     format_head,
     parse_head,
     record_hash,
-    seal,
+    seal_line,
 )
 from capsup.supervisor.audit_verify import (
     VerifyResult,
@@ -297,8 +296,9 @@ class AuditLog:
         return self._clock() - self._buffer_since >= self._flush_interval
 
     def _seal(self, event: Event, **extra: Any) -> tuple[bytes, AuditHead]:
-        record = seal(event, self._tail.seq + 1, self._tail.hash, **extra)
-        return canonical(record) + b"\n", AuditHead(record["seq"], record["hash"])
+        seq = self._tail.seq + 1
+        line, digest = seal_line(event, seq, self._tail.hash, **extra)
+        return line, AuditHead(seq, digest)
 
     def _write(self, fd: int, lines: list[bytes], head: AuditHead) -> None:
         """Append the buffer plus ``lines`` in one write, then report the head.

@@ -84,6 +84,23 @@ def record_hash(record: Mapping[str, Any]) -> str:
 def seal(event: Event, seq: int, prev: str, **extra: Any) -> dict[str, Any]:
     """The chained record for ``event``: every event field, ``seq``, ``prev``,
     any ``extra`` fields (such as ``sample_rate``), and the ``hash`` of it all."""
+    record = _body(event, seq, prev, extra)
+    record["hash"] = record_hash(record)
+    return record
+
+
+def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, str]:
+    """The record of :func:`seal` as its line, and its hash, encoding it once.
+
+    The line is the canonical body with ``hash`` appended as the last key;
+    the verifier re-canonicalizes without ``hash``, so the order does not
+    matter to it. This halves the cost of the hot path's records."""
+    body = canonical(_body(event, seq, prev, extra))
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
+
+
+def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "seq": seq,
         "time": _jsonable(event.time),
@@ -101,7 +118,6 @@ def seal(event: Event, seq: int, prev: str, **extra: Any) -> dict[str, Any]:
         "prev": prev,
     }
     record.update({key: _jsonable(value) for key, value in extra.items()})
-    record["hash"] = record_hash(record)
     return record
 
 
@@ -118,6 +134,10 @@ def parse_head(text: str) -> AuditHead:
     return AuditHead(int(seq_text), digest)
 
 
+#: Exact types that need no conversion: checked first, as most values are these.
+_PLAIN = frozenset({str, int, bool})
+
+
 def _jsonable(value: Any) -> Any:
     """Make an event value JSON-safe without losing what it said.
 
@@ -125,7 +145,7 @@ def _jsonable(value: Any) -> Any:
     bytes, NaN, objects) the record must still serialise, or the kernel would
     fail closed on a harmless oddity. Unknown types become their ``repr``.
     """
-    if value is None or isinstance(value, bool | int | str):
+    if type(value) in _PLAIN or value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)

@@ -74,7 +74,7 @@ def test_every_record_has_its_fields_and_links_to_the_previous(tmp_path: Path) -
     assert verify([path]).ok
 
 
-def test_lines_are_canonical_json(tmp_path: Path) -> None:
+def test_lines_are_canonical_json_with_the_hash_last(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
         log(
@@ -85,7 +85,9 @@ def test_lines_are_canonical_json(tmp_path: Path) -> None:
         )
     line = path.read_bytes().splitlines()[0]
     rec = json.loads(line)
-    assert line == json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+    body = {k: v for k, v in rec.items() if k != "hash"}
+    canonical_body = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert line == canonical_body[:-1] + b',"hash":"' + rec["hash"].encode() + b'"}'
     assert line.isascii()
     assert rec["detail"] == {"a": ["x", "y"], "n": "inf", "z": 1}
 
