@@ -29,7 +29,7 @@ from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
 from capsup.supervisor.policy import Ceiling, Policy
 from capsup.supervisor.principal import Principal
 from capsup.supervisor.store import Store
-from capsup.validators import ALLOW, Decision, Use, Validator, ValidatorRegistry
+from capsup.validators import ALLOW, Decision, HttpValidator, Use, Validator, ValidatorRegistry
 
 ME = Principal("agent-bench", "bench")
 
@@ -61,19 +61,33 @@ class AllowAll(Validator):
         return ALLOW
 
 
+BENCH_USE = Use("use", "bench://r/x")
+HTTP_ROOT = "https://api.example.com/v1"
+HTTP_TARGET = "https://api.example.com/v1/repos/capsup/issues?state=open"
+
+
 def make_kernel(path: str) -> Kernel:
     policy = Policy(
-        {"bench": [Ceiling("bench://r", frozenset({"use"}), {}, 1e9, max_delegation_depth=8)]}
+        {
+            "bench": [
+                Ceiling("bench://r", frozenset({"use"}), {}, 1e9, max_delegation_depth=8),
+                Ceiling(HTTP_ROOT, frozenset({"GET"}), {}, 1e9),
+            ]
+        }
     )
-    kernel = Kernel(store=Store(path), policy=policy, validators=ValidatorRegistry([AllowAll()]))
+    validators = ValidatorRegistry([AllowAll(), HttpValidator()])
+    # One principal holds every capability here, far past the per-agent quota.
+    kernel = Kernel(store=Store(path), policy=policy, validators=validators, max_per_holder=10**8)
     kernel.start(now=time.time(), trace_id="bench")
     kernel.register_principal(ME)
     return kernel
 
 
-def grant_many(kernel: Kernel, n: int, batch: int = 1000) -> list[str]:
+def grant_many(
+    kernel: Kernel, n: int, batch: int = 1000, resource: str = "bench://r/x", op: str = "use"
+) -> list[str]:
     ids: list[str] = []
-    request = CapabilityRequest("bench://r/x", ["use"])
+    request = CapabilityRequest(resource, [op])
     now = time.time()
     while len(ids) < n:
         size = min(batch, n - len(ids))
@@ -96,8 +110,9 @@ def validate_rate(kernel: Kernel, ids: list[str], seconds: float = 2.0) -> float
     return count / (time.perf_counter() - start)
 
 
-def validate_latency_us(kernel: Kernel, ids: list[str], n: int = 20000) -> tuple[float, float]:
-    use = Use("use", "bench://r/x")
+def validate_latency_us(
+    kernel: Kernel, ids: list[str], n: int = 20000, use: Use = BENCH_USE
+) -> tuple[float, float]:
     now = time.time()
     step = max(1, len(ids) // n)
     picks = ids[::step][:n]
@@ -164,6 +179,13 @@ def main() -> None:
         print(f"validate, kernel checks only:  {rate:>12,.0f} /s   (target >= 300,000/s)")
         p50_small, p95_small = validate_latency_us(kernel, ids)
         print(f"validate latency, 1,000 live:  p50 {p50_small:.2f} us  p95 {p95_small:.2f} us")
+        http_use = Use("GET", HTTP_TARGET)
+        http_ids = grant_many(kernel, 1000, resource=HTTP_ROOT, op="GET")
+        h50_small, h95_small = validate_latency_us(kernel, http_ids, use=http_use)
+        print(
+            f"validate latency with the real http validator, 2,000 live: p50 {h50_small:.2f} us"
+            f"  p95 {h95_small:.2f} us"
+        )
 
         rss_before = psutil.Process().memory_info().rss
         ids.extend(grant_many(kernel, args.live - len(ids)))
@@ -172,6 +194,12 @@ def main() -> None:
         print(
             f"validate latency, {args.live:,} live: p50 {p50_big:.2f} us  p95 {p95_big:.2f} us"
             f"  (p50 ratio {p50_big / p50_small:.2f}x, target <= 1.5x)"
+        )
+        h50_big, h95_big = validate_latency_us(kernel, http_ids, use=http_use)
+        print(
+            f"validate latency with the real http validator, {args.live:,} live:"
+            f" p50 {h50_big:.2f} us  p95 {h95_big:.2f} us"
+            f"  (p50 ratio {h50_big / h50_small:.2f}x, target <= 1.5x)"
         )
         print(
             f"resident memory, {args.live:,} live: {rss / 2**20:,.0f} MiB"

@@ -42,12 +42,14 @@ class Settings:
     grace_period: float = 5.0
     tombstone_retention: float = 86400.0
     max_message_bytes: int = 1 << 20
+    max_capabilities_per_agent: int = 10_000
 
 
 _SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "grace_period": (int, float),
     "tombstone_retention": (int, float),
     "max_message_bytes": (int,),
+    "max_capabilities_per_agent": (int,),
 }
 
 

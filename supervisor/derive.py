@@ -9,6 +9,7 @@ lets the property tests check "delegation only narrows" on its own.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,8 +89,9 @@ def grant_within(
     validators: ValidatorRegistry,
     holder: str,
     now: float,
-) -> Capability:
-    """The capability the first covering ceiling allows; raises DeniedByPolicy.
+) -> tuple[Capability, Ceiling]:
+    """The capability the first covering ceiling allows, and that ceiling;
+    raises DeniedByPolicy.
 
     The grant is the request met with the ceiling's constraints (a ceiling's
     limits always apply), with the request's own ttl and depth when they fit.
@@ -113,7 +115,7 @@ def grant_within(
                 f"{ceiling.max_delegation_depth}"
             )
             continue
-        return Capability(
+        cap = Capability(
             id=new_capability_id(),
             resource=parsed.resource,
             operations=parsed.operations,
@@ -126,6 +128,7 @@ def grant_within(
             ),
             metadata=metadata,
         )
+        return cap, ceiling
     ops = ", ".join(sorted(parsed.operations))
     raise DeniedByPolicy(f"{parsed.resource} [{ops}] denied by policy: {why}")
 
@@ -256,4 +259,10 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
         raise BadRequest("metadata must be a map with string keys")
+    try:  # it is stored as JSON: refuse now what the store could not write
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadRequest(
+            "metadata must hold only strings, numbers, booleans, nil, lists and maps"
+        ) from None
     return dict(metadata)

@@ -22,7 +22,6 @@ State kept in memory for the hot path:
 from __future__ import annotations
 
 import heapq
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -30,6 +29,7 @@ from capsup.agents.capability import Capability
 from capsup.agents.errors import (
     CapsupError,
     DelegationWidening,
+    DeniedByPolicy,
     Expired,
     InternalError,
     NotAuthorized,
@@ -51,7 +51,7 @@ from capsup.supervisor.derive import (
     parse_request,
 )
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
-from capsup.supervisor.policy import Policy
+from capsup.supervisor.policy import Ceiling, Policy
 from capsup.supervisor.principal import Principal
 from capsup.supervisor.ratelimit import TokenBucket, spend_all
 from capsup.supervisor.store import EndState, Store, Tombstone
@@ -75,12 +75,14 @@ class Kernel:
         validators: ValidatorRegistry,
         sink: EventSink | None = None,
         tombstone_retention: float = 86400.0,
+        max_per_holder: int = 10_000,
     ) -> None:
         self._store = store
         self._policy = policy
         self._validators = validators
         self._sink = sink
         self._retention = tombstone_retention
+        self._max_per_holder = max_per_holder
         self._live: dict[str, Capability] = {}
         self._children: dict[str, list[str]] = {}
         self._by_holder: dict[str, set[str]] = {}
@@ -88,6 +90,7 @@ class Kernel:
         self._expiry: list[tuple[float, str]] = []
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
         self._principals: dict[str, Principal] = {}
+        self._ceiling_buckets: dict[str, dict[int, TokenBucket]] = {}
         self._parent_agent: dict[str, str | None] = {}
         self._last_prune = float("-inf")
 
@@ -120,6 +123,7 @@ class Kernel:
 
     def forget_principal(self, principal_id: str) -> None:
         self._principals.pop(principal_id, None)
+        self._ceiling_buckets.pop(principal_id, None)
         self._parent_agent.pop(principal_id, None)
 
     # -- queries --------------------------------------------------------------
@@ -171,7 +175,8 @@ class Kernel:
         trace_id: str,
     ) -> list[Capability]:
         """Grant every request or none: one denial denies the whole plan."""
-        granted = []
+        granted: list[tuple[Capability, Ceiling]] = []
+        self._check_quota(principal, principal.id, len(requests), now, trace_id)
         for request in requests:
             self._emit(
                 Event(
@@ -209,12 +214,13 @@ class Kernel:
         # Recorded before it is committed: if the trail cannot be written,
         # nothing is granted (fail closed); a crash between the two leaves a
         # record of a grant that never took effect, never an unrecorded one.
-        for cap in granted:
+        caps = [cap for cap, _ in granted]
+        for cap in caps:
             self._emit(_cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal))
-        self._persist_new(granted, trace_id)
-        for cap in granted:
-            self._index(cap, now)
-        return granted
+        self._persist_new(caps, trace_id)
+        for cap, ceiling in granted:
+            self._index(cap, now, self._ceiling_bucket(principal.id, ceiling, now))
+        return caps
 
     def delegate(
         self,
@@ -238,6 +244,7 @@ class Kernel:
                 principal,
                 capability=parent,
             )
+        self._check_quota(principal, delegation.to, 1, now, trace_id)
         try:
             child = delegate_from(parent, delegation, self._validators, now)
         except CapsupError as error:
@@ -528,19 +535,52 @@ class Kernel:
             return
         try:
             self._store.insert(caps)
-        except sqlite3.Error as error:
+        except Exception as error:  # nothing was granted, whatever the cause
             raise InternalError(
                 f"the state store refused the write: {error}", trace_id=trace_id
             ) from error
 
-    def _index(self, cap: Capability, now: float) -> None:
-        """Add a capability (persisted, or loaded) to the in-memory state."""
+    def _check_quota(
+        self, principal: Principal, holder: str, adding: int, now: float, trace_id: str
+    ) -> None:
+        """Bound the live capabilities one holder may have: each costs memory
+        here and a record when it ends, so an agent must not mint millions."""
+        if len(self._by_holder.get(holder, ())) + adding > self._max_per_holder:
+            self._refuse(
+                DeniedByPolicy(
+                    f"{holder} would hold more than {self._max_per_holder} live capabilities"
+                ),
+                EventType.CAPABILITY_DENIED,
+                now,
+                trace_id,
+                principal,
+            )
+
+    def _ceiling_bucket(self, holder: str, ceiling: Ceiling, now: float) -> TokenBucket | None:
+        """The bucket a ceiling's ``rate_limit`` gives one principal: shared by
+        every grant under that ceiling, so asking again never buys a fresh rate."""
+        limit = ceiling.constraints.get("rate_limit")
+        if limit is None:
+            return None
+        buckets = self._ceiling_buckets.setdefault(holder, {})
+        bucket = buckets.get(id(ceiling))
+        if bucket is None:
+            bucket = TokenBucket(int(limit["requests"]), float(limit["per_seconds"]), now)
+            buckets[id(ceiling)] = bucket
+        return bucket
+
+    def _index(self, cap: Capability, now: float, root_bucket: TokenBucket | None = None) -> None:
+        """Add a capability (persisted, or loaded) to the in-memory state;
+        ``root_bucket`` is its ceiling's shared bucket, for a new root grant."""
         self._live[cap.id] = cap
         self._by_holder.setdefault(cap.holder, set()).add(cap.id)
         if cap.parent_id is not None:
             self._children.setdefault(cap.parent_id, []).append(cap.id)
         heapq.heappush(self._expiry, (cap.expires_at, cap.id))
-        inherited = self._buckets.get(cap.parent_id, _NO_BUCKETS) if cap.parent_id else _NO_BUCKETS
+        if cap.parent_id is not None:
+            inherited = self._buckets.get(cap.parent_id, _NO_BUCKETS)
+        else:
+            inherited = _NO_BUCKETS if root_bucket is None else (root_bucket,)
         limit = cap.constraints.get("rate_limit")
         if limit is not None:
             own = TokenBucket(int(limit["requests"]), float(limit["per_seconds"]), now)
@@ -557,24 +597,26 @@ class Kernel:
         principal: Principal | None,
         cause: str,
     ) -> None:
-        """Persist, then forget, a set of capabilities (a subtree or several).
+        """Persist, forget, then record a set of capabilities (subtrees).
 
-        Unlike a grant, an ending is committed before it is recorded: a broken
-        audit trail must never keep a revocation from taking effect. The
-        caller still gets AuditUnavailable if the records cannot be written."""
+        An ending always takes effect in memory, whatever fails around it:
+        neither a store that refuses the write nor an audit trail that cannot
+        be written may leave part of a subtree valid (fail closed). Failures
+        are raised afterwards; an ending the store missed is redone at the next
+        start, which revokes every agent-held capability it finds."""
         if not ids:
             return
+        stored: Exception | None = None
         try:
             self._store.end(ids, state, now)
-        except sqlite3.Error as error:
-            raise InternalError(
-                f"the state store refused the write: {error}", trace_id=trace_id
-            ) from error
-        event = EventType.CAPABILITY_REVOKED if state == "revoked" else EventType.CAPABILITY_EXPIRED
+        except Exception as error:  # any failure: the capabilities still go
+            stored = error
         ending: set[str] = set(ids)
         tombstone = Tombstone(state, now)  # immutable, so one serves them all
+        ended = []
         for cap_id in ids:
             cap = self._live.pop(cap_id)
+            ended.append(cap)
             self._tombstones[cap_id] = tombstone
             held = self._by_holder.get(cap.holder)
             if held is not None:
@@ -590,12 +632,20 @@ class Kernel:
                 if not siblings:
                     del self._children[cap.parent_id]
             self._buckets.pop(cap_id, None)
-            if self._sink is not None:
+        if self._sink is not None:
+            event = (
+                EventType.CAPABILITY_REVOKED if state == "revoked" else EventType.CAPABILITY_EXPIRED
+            )
+            for cap in ended:
                 # The first record of a cascade says how large it was (for the
                 # cascade-size histogram); the rest name the capability it
                 # started from, and all share the revocation's trace id.
-                extent = {"cascade_size": len(ids)} if cap_id == ids[0] else {"cascade_of": ids[0]}
+                extent = {"cascade_size": len(ids)} if cap.id == ids[0] else {"cascade_of": ids[0]}
                 self._emit(_cap_event(event, cap, now, trace_id, principal, cause=cause, **extent))
+        if stored is not None:
+            raise InternalError(
+                f"the state store refused the write: {stored}", trace_id=trace_id
+            ) from stored
 
     def _prune(self, before: float) -> None:
         self._store.prune_tombstones(before)

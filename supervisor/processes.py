@@ -53,8 +53,8 @@ class AgentProcess:
 
 
 def new_agent_id(name: str) -> str:
-    """A fresh agent id; readable, and random so ids are never reused."""
-    return f"agent-{name[:32]}-{secrets.token_hex(4)}"
+    """A fresh agent id: readable, and 128 random bits so that no two collide."""
+    return f"agent-{name[:32]}-{secrets.token_hex(16)}"
 
 
 def exit_status(returncode: int) -> int:
@@ -118,7 +118,13 @@ class ProcessTable:
             )
         except OSError as error:
             raise SpawnFailed(f"cannot start {argv[0]!r}: {error.strerror}") from None
-        pidfd = os.pidfd_open(popen.pid)
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError as error:
+            # Untracked, it could never be reaped, stopped or identified: kill it.
+            popen.kill()
+            popen.wait()
+            raise SpawnFailed(f"cannot watch {argv[0]!r}: {error.strerror}") from None
         try:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:

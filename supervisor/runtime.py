@@ -102,6 +102,7 @@ class Runtime:
             validators=config.validators,
             sink=sink,
             tombstone_retention=config.settings.tombstone_retention,
+            max_per_holder=config.settings.max_capabilities_per_agent,
         )
         start_trace = new_trace_id()
         self.kernel.start(now=time.time(), trace_id=start_trace)

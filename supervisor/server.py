@@ -15,11 +15,13 @@ gets ``unauthenticated``. No field of a request can name who is speaking.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from capsup.agents.errors import (
     InternalError,
     NotAuthorized,
     RequestError,
+    SpawnFailed,
     Unauthenticated,
     UnknownAgent,
     WaitTimeout,
@@ -46,6 +49,8 @@ __all__ = ["Server", "exit_code_of", "new_trace_id"]
 
 #: Requests served per turn before agent exits and timers are looked at again.
 _BATCH = 64
+#: Pending ``wait`` calls on one agent; each costs memory and a timer.
+_MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
 
 
@@ -82,6 +87,10 @@ class Server:
         observe_request: Callable[[str, float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
+        if not endpoint.startswith("ipc://"):
+            # Identity comes from SO_PEERCRED, which only a Unix socket has;
+            # on tcp:// the Peer-Address is an IP address, not a process.
+            raise ValueError(f"the agent endpoint must be ipc://, not {endpoint!r}")
         self.kernel = kernel
         self.endpoint = endpoint
         self.processes = ProcessTable(endpoint)
@@ -96,7 +105,9 @@ class Server:
         # Messages a little over the limit get a message_too_large reply; libzmq
         # drops the connection of a peer sending anything far larger, before
         # it is ever buffered whole.
-        self._socket.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
+        # Bound what one peer can make the supervisor buffer before it is read.
+        self._socket.setsockopt(zmq.RCVHWM, 64)
         # A reply to a peer that vanished is dropped silently, not an error.
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self._socket.bind(endpoint)
@@ -140,6 +151,15 @@ class Server:
             parent=parent.agent_id if parent else None,
         )
         self._poller.register(agent.pidfd, zmq.POLLIN)
+        try:
+            self._record_start(agent, argv, trace_id)
+        except Exception:
+            # Unrecorded, it must not run: its exit comes back through the pidfd.
+            self.processes.send_signal(agent, signal.SIGKILL)
+            raise
+        return agent
+
+    def _record_start(self, agent: AgentProcess, argv: Sequence[str], trace_id: str | None) -> None:
         self._emit(
             Event(
                 EventType.AGENT_STARTED,
@@ -148,14 +168,13 @@ class Server:
                 principal=agent.agent_id,
                 pid=agent.pid,
                 detail={
-                    "name": name,
-                    "policy_name": policy_name,
+                    "name": agent.name,
+                    "policy_name": agent.policy_name,
                     "parent": agent.parent,
                     "argv": [a[:256] for a in argv[:32]],
                 },
             )
         )
-        return agent
 
     def _on_exit(self, agent: AgentProcess) -> None:
         """An agent exited: revoke everything it held, stop its sub-agents,
@@ -164,24 +183,19 @@ class Server:
         returncode = self.processes.reap(agent)
         now = time.time()
         trace_id = new_trace_id()
-        revoked = self.kernel.revoke_all_for_agent(
-            OPERATOR, agent.agent_id, now=now, trace_id=trace_id, cause="holder_exited"
-        )
-        self._emit(
-            Event(
-                EventType.AGENT_TERMINATED,
-                now,
-                trace_id,
-                principal=agent.agent_id,
-                pid=agent.pid,
-                detail={
-                    "name": agent.name,
-                    "exit_code": returncode,
-                    "reason": _exit_reason(returncode),
-                    "revoked": len(revoked),
-                },
+        # The kernel takes the capabilities away even if the store or the
+        # trail fails while it does; such a failure must not stop the rest.
+        revoked: list[str] = []
+        # UnknownAgent: a spawn that failed, so it never held anything.
+        with (
+            self._reported("revoking the rights of an exited agent"),
+            contextlib.suppress(UnknownAgent),
+        ):
+            revoked = self.kernel.revoke_all_for_agent(
+                OPERATOR, agent.agent_id, now=now, trace_id=trace_id, cause="holder_exited"
             )
-        )
+        with self._reported("recording an agent's exit"):
+            self._record_exit(agent, returncode, revoked, now, trace_id)
         for child in self.processes.descendants(agent.agent_id):
             self.processes.stop(child, now, self._grace)
         for waiter in self._waiters.pop(agent.agent_id, []):
@@ -197,6 +211,37 @@ class Server:
         if agent.parent is None or self.processes.get(agent.parent) is None:
             self.processes.forget(agent)
         self.kernel.forget_principal(agent.agent_id)
+
+    def _record_exit(
+        self, agent: AgentProcess, returncode: int, revoked: list[str], now: float, trace_id: str
+    ) -> None:
+        self._emit(
+            Event(
+                EventType.AGENT_TERMINATED,
+                now,
+                trace_id,
+                principal=agent.agent_id,
+                pid=agent.pid,
+                detail={
+                    "name": agent.name,
+                    "exit_code": returncode,
+                    "reason": _exit_reason(returncode),
+                    "revoked": len(revoked),
+                },
+            )
+        )
+
+    @contextlib.contextmanager
+    def _reported(self, what: str) -> Iterator[None]:
+        """Keep the loop alive through a failure in ``what``, and say so.
+
+        Used only where the security effect is already done or cannot be
+        undone (the kernel forgets first, then fails); anything else fails
+        the request instead."""
+        try:
+            yield
+        except Exception as error:
+            print(f"capsup: {what} failed: {error}", file=sys.stderr)
 
     def stop_all(self, grace: float | None = None) -> None:
         """SIGTERM every agent, SIGKILL after the grace period, until all exited."""
@@ -242,7 +287,8 @@ class Server:
         self.processes.kill_overdue(now)
         expiry = self.kernel.next_expiry()
         if expiry is not None and expiry <= now:
-            self.kernel.sweep(now=now, trace_id=new_trace_id())
+            with self._reported("expiring capabilities"):
+                self.kernel.sweep(now=now, trace_id=new_trace_id())
         for agent_id, waiters in list(self._waiters.items()):
             for waiter in [w for w in waiters if w.deadline is not None and w.deadline <= now]:
                 waiters.remove(waiter)
@@ -253,7 +299,8 @@ class Server:
             if not waiters:
                 del self._waiters[agent_id]
         if self._on_idle is not None:
-            self._on_idle()
+            with self._reported("flushing the audit trail"):
+                self._on_idle()
 
     # -- signals --------------------------------------------------------------
 
@@ -283,9 +330,11 @@ class Server:
         trace_id: str | None = None
         op = "invalid"
         parsed = False
+        speaker: Principal | None = None
         try:
             payload = p.request_payload(raw)
             principal, peer = self._authenticate(envelope[0], frames[-1], payload)
+            speaker = principal
             try:
                 request = p.parse_request(payload, max_bytes=self._max_bytes)
             except CapsupError:
@@ -309,7 +358,16 @@ class Server:
         except CapsupError as error:
             trace_id = trace_id or new_trace_id()
             if isinstance(error, RequestError) and not parsed:
-                self._violation(ViolationKind.MALFORMED_INPUT, error, trace_id, frames[-1])
+                try:
+                    self._violation(
+                        ViolationKind.MALFORMED_INPUT,
+                        error,
+                        trace_id,
+                        pid=None if speaker is None else speaker.pid,
+                        principal=None if speaker is None else speaker.id,
+                    )
+                except CapsupError as unrecorded:  # the trail is down: say that instead
+                    error = unrecorded
             self._send(envelope, p.error_reply(request_id, error, trace_id))
         except Exception as error:  # a bug must not take the supervisor down
             trace_id = trace_id or new_trace_id()
@@ -335,7 +393,7 @@ class Server:
                 "operating system, not from the request)"
             )
             trace = p.best_effort_trace_id(payload) or new_trace_id()
-            self._violation(ViolationKind.UNAUTHENTICATED, error, trace, frame, pid=pid)
+            self._violation(ViolationKind.UNAUTHENTICATED, error, trace, pid=pid)
             raise error
         principal = Principal(agent.agent_id, agent.policy_name, pid=pid)
         peer = _Peer(agent, principal, direct=pid == agent.pid)
@@ -361,13 +419,22 @@ class Server:
             if child is None:
                 raise UnknownAgent(f"no agent {args.agent[:64]!r}")
             if child.parent != peer.agent.agent_id:
-                raise NotAuthorized("an agent may wait only for the sub-agents it spawned")
+                error = NotAuthorized("an agent may wait only for the sub-agents it spawned")
+                self._violation(
+                    ViolationKind.NOT_AUTHORIZED,
+                    error,
+                    trace_id,
+                    pid=principal.pid,
+                    principal=principal.id,
+                )
+                raise error
             if not child.running:
                 return {"exit_code": child.returncode}
+            waiting = self._waiters.setdefault(child.agent_id, [])
+            if len(waiting) >= _MAX_WAITERS:
+                raise NotAuthorized(f"more than {_MAX_WAITERS} waits on one agent")
             deadline = None if args.timeout is None else time.time() + args.timeout
-            self._waiters.setdefault(child.agent_id, []).append(
-                _Waiter(envelope, request_id, trace_id, deadline)
-            )
+            waiting.append(_Waiter(envelope, request_id, trace_id, deadline))
             return None
         return self._spawn(peer, principal, args, trace_id)
 
@@ -407,13 +474,15 @@ class Server:
                 agent_id=agent_id,
                 trace_id=trace_id,
             )
-        except CapsupError:
+        except Exception as error:
             if delegated:
                 self.kernel.revoke_all_for_agent(
                     OPERATOR, agent_id, now=now, trace_id=trace_id, cause="spawn_failed"
                 )
             self.kernel.forget_principal(agent_id)
-            raise
+            if isinstance(error, CapsupError):
+                raise
+            raise SpawnFailed(f"cannot start {args.argv[0][:64]!r}: {error}") from error
         return {
             "agent_id": child.agent_id,
             "pid": child.pid,
@@ -430,14 +499,16 @@ class Server:
         kind: ViolationKind,
         error: CapsupError,
         trace_id: str,
-        frame: zmq.Frame,
+        *,
         pid: int | None = None,
+        principal: str | None = None,
     ) -> None:
         self._emit(
             Event(
                 EventType.SECURITY_VIOLATION,
                 time.time(),
                 trace_id,
+                principal=principal,
                 pid=pid,
                 decision="deny",
                 reason=error.code,
@@ -457,9 +528,13 @@ class Server:
 
 
 def _peer_pid(address: str) -> int | None:
-    """The pid in libzmq's ipc Peer-Address, ``host:uid:gid:pid``."""
-    tail = address.rpartition(":")[2]
-    return int(tail) if tail.isdigit() and int(tail) > 0 else None
+    """The pid in libzmq's ipc Peer-Address, ``host:uid:gid:pid``, if the peer
+    runs as the supervisor's own user (agents are started as that user)."""
+    parts = address.split(":")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts[1:]):
+        return None
+    uid, pid = int(parts[1]), int(parts[3])
+    return pid if uid == os.getuid() and pid > 0 else None
 
 
 def _exit_reason(returncode: int) -> str:

@@ -304,7 +304,7 @@ def test_bad_input_never_hurts_the_server(tmp_path: Path) -> None:
             msgpack.packb({"id": 2, "op": "request", "args": {"resource": 5}}): "bad_request",
             msgpack.packb({"id": 3, "op": "validate", "args": {}}): "bad_request",
             msgpack.packb({"id": 4, "op": "whoami", "args": {}, "who": "operator"}): "bad_request",
-            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (2 << 20)}}): "message_too_large",
+            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (3 << 19)}}): "message_too_large",
         }
         for payload, code in cases.items():
             reply = ask(payload)
