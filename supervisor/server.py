@@ -70,7 +70,6 @@ class _Waiter:
 class _Peer:
     agent: AgentProcess
     principal: Principal
-    direct: bool
 
 
 class Server:
@@ -100,7 +99,12 @@ class Server:
         self._observe = observe_request
         self._on_idle = on_idle
         self._context = zmq.Context()
+        # The ZAP handler must exist before the first connection is accepted.
+        self._zap = self._context.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind("inproc://zeromq.zap.01")
         self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.ZAP_DOMAIN, b"capsup")
         self._socket.setsockopt(zmq.LINGER, 0)
         # Messages a little over the limit get a message_too_large reply; libzmq
         # drops the connection of a peer sending anything far larger, before
@@ -113,7 +117,8 @@ class Server:
         self._socket.bind(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
-        self._peers: dict[tuple[bytes, str], _Peer] = {}
+        self._poller.register(self._zap, zmq.POLLIN)
+        self._peers: dict[str, _Peer] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self._signals_r, self._signals_w = socket.socketpair()
         self._signals_r.setblocking(False)
@@ -263,6 +268,8 @@ class Server:
                 self._on_exit(exited)
         if self._signals_r.fileno() in ready:
             self._drain_signal_pipe()
+        if self._zap in ready:
+            self._answer_zap()
         if self._socket in ready:
             for _ in range(_BATCH):
                 try:
@@ -333,7 +340,7 @@ class Server:
         speaker: Principal | None = None
         try:
             payload = p.request_payload(raw)
-            principal, peer = self._authenticate(envelope[0], frames[-1], payload)
+            principal, peer = self._authenticate(frames[-1], payload)
             speaker = principal
             try:
                 request = p.parse_request(payload, max_bytes=self._max_bytes)
@@ -377,17 +384,37 @@ class Server:
             if self._observe is not None:
                 self._observe(op, time.perf_counter() - started)
 
-    def _authenticate(
-        self, routing_id: bytes, frame: zmq.Frame, payload: bytes
-    ) -> tuple[Principal, _Peer]:
-        address = str(frame.get("Peer-Address") or "")
-        key = (routing_id, address)
-        peer = self._peers.get(key)
-        if peer is not None and peer.agent.running and (peer.direct or self._same(peer)):
+    def _answer_zap(self) -> None:
+        """Bind identity to a connection while it is made (ZAP, RFC 27).
+
+        libzmq asks this handler about every new connection, with the peer's
+        pid from SO_PEERCRED in the address. The process is matched now, by
+        (pid, create time), to a spawned agent or its descendant, and the
+        answer becomes the connection's User-Id, carried by every message on
+        it. So a pid recycled later, or a socket handed to another process
+        after its connector exited, can never change who the connection is.
+        Unknown peers are let in as nobody, so they get an ``unauthenticated``
+        reply rather than a silent hang."""
+        for _ in range(_BATCH):
+            try:
+                request = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            version, request_id, address = request[0], request[1], request[3]
+            pid = _peer_pid(address.decode("ascii", "replace"))
+            agent = self.processes.identify(pid) if pid is not None else None
+            user = f"{agent.agent_id if agent else ''}|{pid or 0}"
+            self._zap.send_multipart([version, request_id, b"200", b"OK", user.encode(), b""])
+
+    def _authenticate(self, frame: zmq.Frame, payload: bytes) -> tuple[Principal, _Peer]:
+        user = str(frame.get("User-Id") or "")
+        peer = self._peers.get(user)
+        if peer is not None and peer.agent.running:
             return peer.principal, peer
-        pid = _peer_pid(address)
-        agent = self.processes.identify(pid) if pid is not None else None
-        if agent is None or pid is None:
+        agent_id, _, pid_text = user.partition("|")
+        agent = self.processes.get(agent_id) if agent_id else None
+        pid = int(pid_text) if pid_text.isdigit() and int(pid_text) > 0 else None
+        if agent is None or not agent.running or pid is None:
             error = Unauthenticated(
                 "this process is not an agent of this supervisor (identity comes from the "
                 "operating system, not from the request)"
@@ -395,15 +422,9 @@ class Server:
             trace = p.best_effort_trace_id(payload) or new_trace_id()
             self._violation(ViolationKind.UNAUTHENTICATED, error, trace, pid=pid)
             raise error
-        principal = Principal(agent.agent_id, agent.policy_name, pid=pid)
-        peer = _Peer(agent, principal, direct=pid == agent.pid)
-        self._peers[key] = peer
-        return principal, peer
-
-    def _same(self, peer: _Peer) -> bool:
-        """Re-check a descendant's identity: its pid is not ours to watch."""
-        pid = peer.principal.pid
-        return pid is not None and self.processes.identify(pid) is peer.agent
+        peer = _Peer(agent, Principal(agent.agent_id, agent.policy_name, pid=pid))
+        self._peers[user] = peer
+        return peer.principal, peer
 
     def _process_op(
         self,
@@ -522,6 +543,7 @@ class Server:
 
     def close(self) -> None:
         self._socket.close(linger=0)
+        self._zap.close(linger=0)
         self._context.term()
         self._signals_r.close()
         self._signals_w.close()

@@ -441,3 +441,25 @@ def test_a_sub_agent_cannot_take_a_privileged_policy_name(tmp_path: Path) -> Non
     )
     outcome = capsup_run(tmp_path, agent)
     assert outcome.code == 42, outcome.stderr
+
+
+def test_a_plain_child_process_of_an_agent_speaks_as_that_agent(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        """
+        import os, subprocess, sys
+        from capsup.agents import connect
+        me = connect().whoami()
+        child = subprocess.run(
+            [sys.executable, "-c",
+             "from capsup.agents import connect; w = connect().whoami(); print(w.agent_id, w.pid)"],
+            capture_output=True, text=True, check=True,
+        )
+        agent_id, pid = child.stdout.split()
+        assert agent_id == me.agent_id, (agent_id, me.agent_id)
+        assert int(pid) != me.pid  # the speaking process, identified by the kernel
+        """,
+    )
+    outcome = capsup_run(tmp_path, agent)
+    assert outcome.code == 0, outcome.stderr
