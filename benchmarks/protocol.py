@@ -486,7 +486,9 @@ def main() -> int:
                     )
                     print(".", end="", flush=True)
             runtime.audit.flush()
-            trail_mb = runtime.audit.path.stat().st_size / 1e6
+            live = runtime.audit.path
+            # the live file and any it rotated into (PATH.1, PATH.2, ...)
+            trail_mb = sum(f.stat().st_size for f in live.parent.glob(live.name + "*")) / 1e6
         print()
 
         print("\nbare ZeroMQ + msgpack echo (ROUTER loop in this process, DEALER clients):")
