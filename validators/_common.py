@@ -19,9 +19,11 @@ from capsup.validators.base import ConstraintError, OperationError
 __all__ = [
     "CONTROL_CHARS",
     "MAX_INT",
+    "Normalizer",
     "bad_size",
     "has_control_char",
     "meet_keys",
+    "normalize_keys",
     "normalize_operation_names",
     "positive_int",
     "positive_number",
@@ -137,4 +139,21 @@ def meet_keys(
             result[key] = first[key]
         else:
             result[key] = rules[key](first[key], second[key])
+    return result
+
+
+Normalizer = Callable[[str, object], Any]
+
+
+def normalize_keys(
+    raw: Mapping[str, object], normalizers: Mapping[str, Normalizer], scheme: str
+) -> dict[str, Any]:
+    """Normalize a constraint map key by key; a key without a normalizer is an
+    error naming it (the vocabulary is closed)."""
+    result: dict[str, Any] = {}
+    for key, value in raw.items():
+        normalize = normalizers.get(key)
+        if normalize is None:
+            raise ConstraintError(f"unknown constraint {key!r} for {scheme} resources")
+        result[key] = normalize(key, value)
     return result

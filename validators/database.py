@@ -16,14 +16,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
+    Normalizer,
     meet_keys,
+    normalize_keys,
     normalize_operation_names,
     positive_int,
     string_list,
 )
 from capsup.validators.base import (
     ALLOW,
-    ConstraintError,
     Decision,
     ResourceError,
     Use,
@@ -94,15 +95,7 @@ class DatabaseValidator(Validator):
 
     def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
         """``tables`` (names, optionally schema-qualified) and ``max_rows``."""
-        result: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key == "tables":
-                result[key] = string_list(key, value, _normalize_table)
-            elif key == "max_rows":
-                result[key] = positive_int(key, value)
-            else:
-                raise ConstraintError(f"unknown constraint {key!r} for db resources")
-        return result
+        return normalize_keys(raw, _NORMALIZERS, "db")
 
     def meet_constraints(
         self, first: Mapping[str, Any], second: Mapping[str, Any]
@@ -145,3 +138,7 @@ def _intersection(first: list[str], second: list[str]) -> list[str]:
 
 
 _MEET: dict[str, Callable[[Any, Any], Any]] = {"tables": _intersection, "max_rows": min}
+_NORMALIZERS: dict[str, Normalizer] = {
+    "tables": lambda key, value: string_list(key, value, _normalize_table),
+    "max_rows": positive_int,
+}

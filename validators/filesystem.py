@@ -20,16 +20,17 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
+    Normalizer,
     bad_size,
     has_control_char,
     meet_keys,
+    normalize_keys,
     normalize_operation_names,
     positive_int,
     string_list,
 )
 from capsup.validators.base import (
     ALLOW,
-    ConstraintError,
     Decision,
     ResourceError,
     Use,
@@ -154,15 +155,7 @@ class FilesystemValidator(Validator):
 
     def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
         """``deny``: globs relative to the resource; ``max_bytes``: a size cap."""
-        result: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key == "deny":
-                result[key] = string_list(key, value, normalize_glob)
-            elif key == "max_bytes":
-                result[key] = positive_int(key, value)
-            else:
-                raise ConstraintError(f"unknown constraint {key!r} for file resources")
-        return result
+        return normalize_keys(raw, _NORMALIZERS, "file")
 
     def meet_constraints(
         self, first: Mapping[str, Any], second: Mapping[str, Any]
@@ -242,3 +235,7 @@ def _union(first: list[str], second: list[str]) -> list[str]:
 
 
 _MEET: dict[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
+_NORMALIZERS: dict[str, Normalizer] = {
+    "deny": lambda key, value: string_list(key, value, normalize_glob),
+    "max_bytes": positive_int,
+}

@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 
 import ada_url
 from capsup.validators._common import (
+    Normalizer,
     bad_size,
     has_control_char,
     meet_keys,
+    normalize_keys,
     normalize_operation_names,
     positive_int,
     positive_number,
@@ -288,15 +290,7 @@ class HttpValidator(Validator):
 
     def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
         """``rate_limit`` {requests, per_seconds} and ``max_bytes`` (request body)."""
-        result: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key == "rate_limit":
-                result[key] = _rate_limit(value)
-            elif key == "max_bytes":
-                result[key] = positive_int(key, value)
-            else:
-                raise ConstraintError(f"unknown constraint {key!r} for http resources")
-        return result
+        return normalize_keys(raw, _NORMALIZERS, "http")
 
     def meet_constraints(
         self, first: Mapping[str, Any], second: Mapping[str, Any]
@@ -364,3 +358,7 @@ def _meet_rate(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str,
 
 
 _MEET: dict[str, Callable[[Any, Any], Any]] = {"rate_limit": _meet_rate, "max_bytes": min}
+_NORMALIZERS: dict[str, Normalizer] = {
+    "rate_limit": lambda key, value: _rate_limit(value),
+    "max_bytes": positive_int,
+}
