@@ -729,13 +729,21 @@ def parse_delegate_args(args: Mapping[str, Any], *, where: str = "args") -> Dele
     parsed = DelegateArgs(
         capability=f.required("capability", _id_text),
         to=f.required("to", _id_text),
-        resource=f.optional("resource", _resource_text),
-        operations=f.optional("operations", _operations),
-        constraints=f.optional("constraints", _str_map),
-        ttl=f.optional("ttl", _positive_seconds),
+        **_narrowing(f),
     )
     f.done()
     return parsed
+
+
+def _narrowing(f: _Fields) -> dict[str, Any]:
+    """The optional fields that narrow a delegated copy (``delegate``, and
+    each of ``spawn``'s ``capabilities``)."""
+    return {
+        "resource": f.optional("resource", _resource_text),
+        "operations": f.optional("operations", _operations),
+        "constraints": f.optional("constraints", _str_map),
+        "ttl": f.optional("ttl", _positive_seconds),
+    }
 
 
 def parse_revoke_args(args: Mapping[str, Any], *, where: str = "args") -> RevokeArgs:
@@ -772,13 +780,7 @@ def parse_request_plan_args(args: Mapping[str, Any], *, where: str = "args") -> 
 def parse_spawn_grant(grant: Mapping[str, Any], *, where: str = "args") -> SpawnGrant:
     """Check one entry of ``spawn``'s ``capabilities``."""
     f = _Fields(grant, where)
-    parsed = SpawnGrant(
-        capability=f.required("capability", _id_text),
-        resource=f.optional("resource", _resource_text),
-        operations=f.optional("operations", _operations),
-        constraints=f.optional("constraints", _str_map),
-        ttl=f.optional("ttl", _positive_seconds),
-    )
+    parsed = SpawnGrant(capability=f.required("capability", _id_text), **_narrowing(f))
     f.done()
     return parsed
 
