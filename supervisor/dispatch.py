@@ -11,12 +11,30 @@ from __future__ import annotations
 from typing import Any
 
 from capsup.agents import protocol as p
+from capsup.agents.capability import Capability
 from capsup.supervisor.derive import CapabilityRequest, Delegation
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.principal import Principal
 from capsup.validators import Use
 
 __all__ = ["capability_request", "dispatch_kernel_op"]
+
+
+#: Wire forms of recently validated capabilities. A capability never changes,
+#: so its map is built once, not on every validate (the hot path).
+_WIRE_CACHE: dict[str, tuple[Capability, dict[str, Any]]] = {}
+_WIRE_CACHE_SIZE = 65536
+
+
+def _wire_of(cap: Capability) -> dict[str, Any]:
+    cached = _WIRE_CACHE.get(cap.id)
+    if cached is not None and cached[0] is cap:
+        return cached[1]
+    if len(_WIRE_CACHE) >= _WIRE_CACHE_SIZE:
+        _WIRE_CACHE.clear()
+    wire = cap.to_wire()
+    _WIRE_CACHE[cap.id] = (cap, wire)
+    return wire
 
 
 def capability_request(args: p.RequestArgs) -> CapabilityRequest:
@@ -33,7 +51,7 @@ def dispatch_kernel_op(
         case p.ValidateArgs():
             use = Use(args.operation, args.resource, args.size, args.statement)
             cap = kernel.validate(principal, args.capability, use, now=now, trace_id=trace_id)
-            return {"allowed": True, "capability": cap.to_wire()}
+            return {"allowed": True, "capability": _wire_of(cap)}
         case p.RequestArgs():
             cap = kernel.request(principal, capability_request(args), now=now, trace_id=trace_id)
             return cap.to_wire()

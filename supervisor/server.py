@@ -15,6 +15,7 @@ gets ``unauthenticated``. No field of a request can name who is speaking.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import signal
@@ -54,8 +55,15 @@ _MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
 
 
+#: Trace ids are this process's random prefix and a counter: unique within a
+#: run, unlikely to repeat across runs, and cheaper than fresh randomness per
+#: request (they need to be unique, not secret).
+_TRACE_PREFIX = secrets.token_hex(6)
+_trace_counter = itertools.count(1)
+
+
 def new_trace_id() -> str:
-    return secrets.token_hex(8)
+    return f"{_TRACE_PREFIX}-{next(_trace_counter):x}"
 
 
 @dataclass
