@@ -1,11 +1,19 @@
 """Path resolution and deny globs for the filesystem validator.
 
-Resolution is done here, component by component with ``lstat``/``readlink``,
-rather than with :func:`os.path.realpath`, because the validator needs to know
-what realpath hides: whether a symlink loop stopped the walk (realpath then
-returns the unresolved path), whether the path exists, and how many links were
-followed. Components that do not exist yet are kept lexically, which is what
-"resolve the deepest existing ancestor" means for a file about to be created.
+A path that exists is resolved by the kernel itself: opened with ``O_PATH``
+(which opens nothing: no read, no device side effects, no FIFO blocking) and
+named by ``/proc/self/fd``. That is three system calls at any depth, and it is
+the very resolution a real ``open`` would do, ``..`` after a symlink, bind
+mounts and ``/proc`` magic links included.
+
+Anything else (a missing component, a symlink loop, a directory the
+supervisor may not search, no ``/proc``) is walked here component by
+component with ``lstat``/``readlink``, rather than with
+:func:`os.path.realpath`, because the validator needs to know what realpath
+hides: whether a loop stopped the walk (realpath then returns the unresolved
+path), whether the path exists, and why a component could not be examined.
+Components that do not exist yet are kept lexically, which is what "resolve
+the deepest existing ancestor" means for a file about to be created.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ __all__ = [
     "is_within",
     "normalize_glob",
     "resolve",
+    "resolve_by_walking",
 ]
 
 #: Linux's MAXSYMLINKS: more hops than this is a loop (ELOOP).
@@ -53,12 +62,66 @@ class Resolved:
 
 
 def resolve(path: str) -> Resolved:
-    """Resolve the absolute ``path`` like the kernel would, one component at a time.
+    """Resolve the absolute ``path`` as the kernel does.
 
     Raises :class:`ResolveError` on a symlink loop or when a component cannot
     be examined (for instance a directory the supervisor may not search):
     what cannot be resolved cannot be decided.
     """
+    resolved = _resolve_existing(path)
+    return resolved if resolved is not None else resolve_by_walking(path)
+
+
+#: ``d_path`` marks an unlinked file so; a real name may end so too.
+_DELETED = " (deleted)"
+
+
+def _resolve_existing(path: str) -> Resolved | None:
+    """The kernel's own resolution of an existing ``path``, or None when it
+    cannot say (the walk then decides, and explains a failure)."""
+    fd_dir = _own_fd_dir()
+    if fd_dir is None:
+        return None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        named = os.readlink(str(fd), dir_fd=fd_dir)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # Not a path: a pipe or socket reached through a /proc magic link, or a
+    # name outside this process's root ("(unreachable)/..."). Or possibly
+    # unlinked since it was opened. The walk answers all of these lexically.
+    if not named.startswith("/") or named.endswith(_DELETED):
+        return None
+    return Resolved(named, True)
+
+
+#: ``/proc/self/fd`` opened once (saves the kernel a walk through procfs on
+#: every resolution), or None without /proc, keyed by the pid that opened it:
+#: after a fork it names the parent's descriptors, so the child opens its own
+#: (and leaves the inherited one to the parent, whose it is).
+_fd_dir: tuple[int, int | None] = (-1, None)
+
+
+def _own_fd_dir() -> int | None:
+    global _fd_dir
+    pid = os.getpid()
+    if _fd_dir[0] != pid:
+        try:
+            fd: int | None = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # every path is walked
+        _fd_dir = (pid, fd)
+    return _fd_dir[1]
+
+
+def resolve_by_walking(path: str) -> Resolved:
+    """Resolve ``path`` one component at a time, following at most
+    :data:`MAX_SYMLINK_HOPS` symlinks, as the kernel's path walk does."""
     pending = path.split("/")
     pending.reverse()
     parts: list[str] = []

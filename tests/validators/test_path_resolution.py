@@ -1,0 +1,142 @@
+"""Path resolution: the kernel's answer (O_PATH + /proc) and the walk agree.
+
+``resolve`` asks the kernel for existing paths and walks the rest; the file
+validator's containment check is only as good as both. These tests build
+random trees of directories, files and symlinks (relative, absolute, ``..``,
+dangling, loops) and compare the two on random paths through them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from capsup.validators import paths
+from capsup.validators.paths import Resolved, ResolveError, resolve, resolve_by_walking
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+NAMES = ["a", "b", "c"]
+# What a symlink may point to; {root} is the tree's root.
+LINK_TARGETS = [
+    "a",
+    "b/c",
+    "..",
+    "../..",
+    ".",
+    "missing",
+    "a/../b",
+    "{root}/a",
+    "{root}/b/c",
+    "{root}/missing/x",
+    "/",
+    "c",  # a loop when the link itself is c
+]
+KINDS = st.sampled_from(["dir", "file", "link"])
+
+
+@st.composite
+def trees(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    """Entries (relative path, kind, link target), parents before children."""
+    entries: list[tuple[str, str, str]] = []
+    for first in NAMES:
+        kind = draw(KINDS)
+        entries.append((first, kind, draw(st.sampled_from(LINK_TARGETS))))
+        if kind == "dir":
+            for second in NAMES:
+                entries.append(
+                    (f"{first}/{second}", draw(KINDS), draw(st.sampled_from(LINK_TARGETS)))
+                )
+    return entries
+
+
+def build(root: str, entries: list[tuple[str, str, str]]) -> None:
+    for relative, kind, target in entries:
+        where = os.path.join(root, relative)
+        if kind == "dir":
+            os.mkdir(where)
+        elif kind == "file":
+            Path(where).write_text("x")
+        else:
+            os.symlink(target.replace("{root}", root), where)
+
+
+def outcome(resolver: object, path: str) -> Resolved | str:
+    try:
+        return resolver(path)  # type: ignore[operator,no-any-return]
+    except ResolveError as error:
+        return f"error:{error.reason}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entries=trees(),
+    queries=st.lists(
+        st.lists(st.sampled_from([*NAMES, "..", ".", "", "missing"]), max_size=5),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_the_kernels_resolution_matches_the_walk(
+    entries: list[tuple[str, str, str]], queries: list[list[str]]
+) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        root = os.path.realpath(scratch)
+        build(root, entries)
+        for segments in queries:
+            path = "/".join([root, *segments])
+            assert outcome(resolve, path) == outcome(resolve_by_walking, path), path
+
+
+def test_an_existing_path_is_answered_by_the_kernel(tmp_path: Path) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "real").mkdir()
+    (root / "real" / "f").write_text("x")
+    (root / "link").symlink_to("real")
+    assert paths._resolve_existing(str(root / "link" / "f")) == Resolved(
+        str(root / "real" / "f"), True
+    )
+    # A missing component is the walk's to explain.
+    assert paths._resolve_existing(str(root / "real" / "new")) is None
+    assert resolve(str(root / "link" / "new")) == Resolved(str(root / "real" / "new"), False)
+
+
+def test_a_name_ending_like_an_unlinked_file_is_walked(tmp_path: Path) -> None:
+    # /proc shows an unlinked file as "NAME (deleted)"; a file may really be
+    # called that, and must then resolve to itself.
+    root = Path(os.path.realpath(tmp_path))
+    odd = root / "notes (deleted)"
+    odd.write_text("x")
+    assert paths._resolve_existing(str(odd)) is None
+    assert resolve(str(odd)) == Resolved(str(odd), True)
+
+
+def test_a_symlink_loop_is_still_named_a_loop(tmp_path: Path) -> None:
+    (tmp_path / "x").symlink_to("y")
+    (tmp_path / "y").symlink_to("x")
+    with pytest.raises(ResolveError) as caught:
+        resolve(str(tmp_path / "x" / "f"))
+    assert caught.value.reason == "symlink_loop"
+
+
+def test_a_forked_child_reads_its_own_descriptors(tmp_path: Path) -> None:
+    """After fork, the cached /proc/self/fd of the parent names the parent's
+    descriptors; a child using it would resolve its fd N as the parent's."""
+    root = Path(os.path.realpath(tmp_path))
+    (root / "secret").write_text("s")
+    (root / "mine").write_text("m")
+    resolve(str(root / "mine"))  # the parent opens its fd dir
+    parent_fd = os.open(root / "secret", os.O_RDONLY)  # the lowest free number
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child reports through its exit code
+        try:
+            os.close(parent_fd)  # the child's next open takes this number
+            ok = resolve(str(root / "mine")) == Resolved(str(root / "mine"), True)
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    os.close(parent_fd)  # only now: the child must see it open in the parent
+    assert os.waitstatus_to_exitcode(status) == 0
