@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from capsup.supervisor.events import Event
@@ -153,8 +154,11 @@ _PLAIN_JSON: dict[type, Callable[[Any], str]] = {
 }
 
 
+_PLAIN_MAPS = (dict, MappingProxyType)
+
+
 def _flat_detail(detail: Mapping[str, Any]) -> str:
-    if type(detail) is not dict:
+    if type(detail) not in _PLAIN_MAPS:
         raise KeyError(type(detail))
     enc = _PLAIN_JSON
     parts = []

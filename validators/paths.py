@@ -18,6 +18,7 @@ the deepest existing ancestor" means for a file about to be created.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -100,23 +101,30 @@ def _resolve_existing(path: str) -> Resolved | None:
     return Resolved(named, True)
 
 
-#: ``/proc/self/fd`` opened once (saves the kernel a walk through procfs on
-#: every resolution), or None without /proc, keyed by the pid that opened it:
-#: after a fork it names the parent's descriptors, so the child opens its own
-#: (and leaves the inherited one to the parent, whose it is).
-_fd_dir: tuple[int, int | None] = (-1, None)
+#: ``/proc/self/fd``, opened once (it saves the kernel a walk through procfs
+#: on every resolution); None without /proc, or until first use. A forked
+#: child must not use its parent's: that directory lists the parent's
+#: descriptors, so fd N there is not the child's fd N. The child forgets it
+#: (leaving the descriptor to the parent, whose it is) and opens its own.
+_fd_dir: int | None = None
+_fd_dir_tried = False
 
 
 def _own_fd_dir() -> int | None:
-    global _fd_dir
-    pid = os.getpid()
-    if _fd_dir[0] != pid:
-        try:
-            fd: int | None = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            fd = None  # every path is walked
-        _fd_dir = (pid, fd)
-    return _fd_dir[1]
+    global _fd_dir, _fd_dir_tried
+    if not _fd_dir_tried:
+        _fd_dir_tried = True
+        with contextlib.suppress(OSError):  # no /proc: every path is walked
+            _fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return _fd_dir
+
+
+def _forget_fd_dir() -> None:
+    global _fd_dir, _fd_dir_tried
+    _fd_dir, _fd_dir_tried = None, False
+
+
+os.register_at_fork(after_in_child=_forget_fd_dir)
 
 
 def resolve_by_walking(path: str) -> Resolved:

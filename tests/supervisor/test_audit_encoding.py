@@ -13,6 +13,7 @@ import enum
 import hashlib
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from capsup.supervisor.audit import AuditLog, verify
@@ -67,6 +68,7 @@ odd = st.one_of(
 values = st.one_of(plain, odd)
 details = st.one_of(
     st.dictionaries(texts, plain, max_size=5),
+    st.builds(MappingProxyType, st.dictionaries(texts, plain, max_size=3)),
     st.dictionaries(st.one_of(texts, st.integers()), values, max_size=4),
 )
 
