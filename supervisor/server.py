@@ -537,10 +537,12 @@ class Server:
         # Frame by frame with plain int flags: send_multipart's type checks
         # and enum arithmetic cost more than the sends on this hot path.
         send = self._socket.send
-        with contextlib.suppress(zmq.ZMQError):
+        try:
             for frame in envelope:
                 send(frame, _SEND_MORE)
             send(reply, _SEND_LAST)
+        except zmq.ZMQError:
+            pass
 
     def _violation(
         self,
