@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from capsup.supervisor.events import Event
+from capsup.supervisor.events import Event, EventType
 
 __all__ = [
     "EVENT_FIELDS",
@@ -124,8 +125,8 @@ def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[s
 # ``canonical(_body(...))`` is the definition; it costs a dict, a pass of
 # ``_jsonable`` over every value and a sorted ``json.dumps``: about 6 us, once
 # per validation. The encoder below writes the same bytes directly for events
-# whose values are plain (str, int, finite float, bool, None, and a flat
-# ``detail`` of those), which is every event the kernel emits on the hot path,
+# whose values are plain (str, int, float, bool, None, and maps of those with
+# str keys), which is every event the kernel emits on the hot path,
 # and declines (returns None) for anything else, which then takes the
 # definition. tests/supervisor/test_audit_encoding.py checks byte equality on
 # arbitrary events.
@@ -144,9 +145,11 @@ def _json_null(value: None) -> str:
 
 
 #: JSON text of a plain value, by exact type: a subclass (an enum, say) could
-#: print differently, so it is not plain and takes the definition.
+#: print differently, so it is not plain and takes the definition. EventType
+#: is the exception: our own StrEnum, written as its value either way.
 _PLAIN_JSON: dict[type, Callable[[Any], str]] = {
     str: encode_basestring_ascii,
+    EventType: encode_basestring_ascii,
     int: int.__repr__,
     float: _json_float,
     bool: _json_bool,
@@ -154,70 +157,52 @@ _PLAIN_JSON: dict[type, Callable[[Any], str]] = {
 }
 
 
-_PLAIN_MAPS = (dict, MappingProxyType)
-
-
-def _flat_detail(detail: Mapping[str, Any]) -> str:
-    if type(detail) not in _PLAIN_MAPS:
-        raise KeyError(type(detail))
+def _json_map(value: Mapping[str, Any]) -> str:
+    """A map as canonical() writes it: keys sorted, values encoded in turn
+    (so a map nested in ``detail`` is fine; a list is not plain)."""
     enc = _PLAIN_JSON
     parts = []
-    for key in sorted(detail, key=_exact_str):
-        value = detail[key]
-        parts.append(f"{encode_basestring_ascii(key)}:{enc[type(value)](value)}")
+    for key in sorted(value, key=_exact_str):
+        item = value[key]
+        parts.append(f"{encode_basestring_ascii(key)}:{enc[type(item)](item)}")
     return "{" + ",".join(parts) + "}"
 
 
 def _exact_str(key: object) -> str:
-    """The sort key of a detail key, refusing anything but an exact str."""
+    """The sort key of a map key, refusing anything but an exact str (canonical()
+    writes ``str(key)``, which for anything else may sort or print differently)."""
     if type(key) is not str:
         raise KeyError(type(key))
     return key
 
 
-def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
-    """``canonical(_body(event, seq, prev, {}))``, or None if a value is not plain.
+_PLAIN_JSON.update({dict: _json_map, MappingProxyType: _json_map})
 
-    A value whose exact type has no entry in ``_PLAIN_JSON`` raises KeyError."""
+
+#: The record's fields: the event's, then the chain's. canonical() writes
+#: them in sorted key order; the fast encoder picks them from
+#: ``(*event, seq, prev)`` in that order.
+_RECORD_FIELDS = (*Event._fields, "seq", "prev")
+_IN_SORTED_ORDER = operator.itemgetter(*(_RECORD_FIELDS.index(k) for k in sorted(_RECORD_FIELDS)))
+_KEY_PREFIXES = tuple(
+    ("{" if i == 0 else ",") + encode_basestring_ascii(key) + ":"
+    for i, key in enumerate(sorted(_RECORD_FIELDS))
+)
+
+
+def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
+    """``canonical(_body(event, seq, prev, {}))``, or None if a value is not plain."""
     enc = _PLAIN_JSON
-    e = event
+    parts: list[str] = []
+    append = parts.append
     try:
-        text = "".join(
-            (  # keys in sorted order, as canonical() writes them
-                '{"capability_id":',
-                enc[type(e.capability_id)](e.capability_id),
-                ',"decision":',
-                enc[type(e.decision)](e.decision),
-                ',"detail":',
-                _flat_detail(e.detail),
-                ',"event":',
-                encode_basestring_ascii(str(e.event)),
-                ',"operation":',
-                enc[type(e.operation)](e.operation),
-                ',"parent_id":',
-                enc[type(e.parent_id)](e.parent_id),
-                ',"pid":',
-                enc[type(e.pid)](e.pid),
-                ',"prev":',
-                enc[type(prev)](prev),
-                ',"principal":',
-                enc[type(e.principal)](e.principal),
-                ',"reason":',
-                enc[type(e.reason)](e.reason),
-                ',"resource":',
-                enc[type(e.resource)](e.resource),
-                ',"seq":',
-                enc[type(seq)](seq),
-                ',"time":',
-                enc[type(e.time)](e.time),
-                ',"trace_id":',
-                enc[type(e.trace_id)](e.trace_id),
-                "}",
-            )
-        )
-    except KeyError:
+        for prefix, value in zip(_KEY_PREFIXES, _IN_SORTED_ORDER((*event, seq, prev)), strict=True):
+            append(prefix)
+            append(enc[type(value)](value))
+    except KeyError:  # a value whose exact type _PLAIN_JSON does not know
         return None
-    return text.encode("ascii")
+    append("}")
+    return "".join(parts).encode("ascii")
 
 
 def format_head(head: AuditHead) -> str:
