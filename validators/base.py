@@ -33,6 +33,7 @@ __all__ = [
     "ConstraintError",
     "Decision",
     "OperationError",
+    "Refusal",
     "ResourceError",
     "Use",
     "Validator",
@@ -55,6 +56,15 @@ class OperationError(ValueError):
 
 class ConstraintError(ValueError):
     """A constraint map has an unknown key or an ill-typed value."""
+
+
+class Refusal(ValueError):
+    """Raised inside a validator to deny a use; ``reason`` is the reason code
+    the denial carries (``str(error)`` its detail)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

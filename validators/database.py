@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
     Normalizer,
-    meet_keys,
-    normalize_keys,
-    normalize_operation_names,
     positive_int,
     string_list,
 )
+from capsup.validators._scheme import SchemeValidator
 from capsup.validators.base import (
     ALLOW,
     Decision,
     ResourceError,
     Use,
-    Validator,
     deny,
 )
 from capsup.validators.sql_scope import TableName, analyze
@@ -52,11 +49,26 @@ def _table_set(tables: tuple[str, ...]) -> frozenset[TableName]:
     return frozenset(tuple(entry.split(".")) for entry in tables)
 
 
-class DatabaseValidator(Validator):
+def _intersection(first: list[str], second: list[str]) -> list[str]:
+    return sorted(set(first) & set(second))
+
+
+_MEET: Mapping[str, Callable[[Any, Any], Any]] = {"tables": _intersection, "max_rows": min}
+_NORMALIZERS: Mapping[str, Normalizer] = {
+    "tables": lambda key, value: string_list(key, value, _normalize_table),
+    "max_rows": positive_int,
+}
+
+
+class DatabaseValidator(SchemeValidator):
     """Single DML statements on configured databases, parsed in their dialect."""
 
     schemes: ClassVar[frozenset[str]] = frozenset({"db"})
     operations: ClassVar[frozenset[str]] = frozenset({"select", "insert", "update", "delete"})
+    kind: ClassVar[str] = "db"
+    fold_operation = staticmethod(str.lower)
+    constraint_normalizers = _NORMALIZERS
+    constraint_meets = _MEET
 
     def __init__(self, databases: Mapping[str, str] | None = None) -> None:
         """``databases`` maps each database name to its sqlglot dialect ("sqlite", "postgres"...).
@@ -90,27 +102,9 @@ class DatabaseValidator(Validator):
     def resource_within(self, inner: str, outer: str) -> bool:
         return inner == outer
 
-    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
-        return normalize_operation_names(operations, self.operations, str.lower)
-
-    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
-        """``tables`` (names, optionally schema-qualified) and ``max_rows``."""
-        return normalize_keys(raw, _NORMALIZERS, "db")
-
-    def meet_constraints(
-        self, first: Mapping[str, Any], second: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return meet_keys(first, second, _MEET)
-
     # -- one use -----------------------------------------------------------------
 
-    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
-        try:
-            return self._check(resource, constraints, use)
-        except Exception as error:  # fail closed on anything unforeseen
-            return deny("validator_error", f"{type(error).__name__}: {error}")
-
-    def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+    def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not a statement kind")
         if use.target != resource:
@@ -131,14 +125,3 @@ class DatabaseValidator(Validator):
                 names = ", ".join(sorted(".".join(name) for name in outside))
                 return deny("table_not_allowed", f"not in tables: {names[:300]}")
         return ALLOW
-
-
-def _intersection(first: list[str], second: list[str]) -> list[str]:
-    return sorted(set(first) & set(second))
-
-
-_MEET: dict[str, Callable[[Any, Any], Any]] = {"tables": _intersection, "max_rows": min}
-_NORMALIZERS: dict[str, Normalizer] = {
-    "tables": lambda key, value: string_list(key, value, _normalize_table),
-    "max_rows": positive_int,
-}

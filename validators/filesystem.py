@@ -16,25 +16,23 @@ import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
     Normalizer,
     bad_size,
     has_control_char,
-    meet_keys,
-    normalize_keys,
-    normalize_operation_names,
     positive_int,
     string_list,
 )
+from capsup.validators._scheme import SchemeValidator
 from capsup.validators.base import (
     ALLOW,
     Decision,
+    Refusal,
     ResourceError,
     Use,
-    Validator,
     deny,
 )
 from capsup.validators.paths import (
@@ -59,12 +57,8 @@ _SAFE = "/!$&'()*+,;=:@-._~"
 _CREATING = frozenset({"write", "create"})
 
 
-class TargetError(ValueError):
+class TargetError(Refusal):
     """A path or file URI is malformed; ``reason`` is the reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def parse_target(target: object) -> str:
@@ -122,13 +116,28 @@ def _root_of(resource: str) -> str:
     return urllib.parse.unquote(resource[7:], errors="strict")
 
 
-class FilesystemValidator(Validator):
+def _union(first: list[str], second: list[str]) -> list[str]:
+    return sorted(set(first) | set(second))
+
+
+_MEET: Mapping[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
+_NORMALIZERS: Mapping[str, Normalizer] = {
+    "deny": lambda key, value: string_list(key, value, normalize_glob),
+    "max_bytes": positive_int,
+}
+
+
+class FilesystemValidator(SchemeValidator):
     """Paths beneath a resolved directory (or one file), with deny globs and a size cap."""
 
     schemes: ClassVar[frozenset[str]] = frozenset({"file"})
     operations: ClassVar[frozenset[str]] = frozenset(
         {"read", "write", "list", "stat", "create", "delete"}
     )
+    kind: ClassVar[str] = "file"
+    fold_operation = staticmethod(str.lower)
+    constraint_normalizers = _NORMALIZERS
+    constraint_meets = _MEET
 
     # -- the algebra -----------------------------------------------------------
 
@@ -150,31 +159,9 @@ class FilesystemValidator(Validator):
     def resource_within(self, inner: str, outer: str) -> bool:
         return is_within(_root_of(inner), _root_of(outer))
 
-    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
-        return normalize_operation_names(operations, self.operations, str.lower)
-
-    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
-        """``deny``: globs relative to the resource; ``max_bytes``: a size cap."""
-        return normalize_keys(raw, _NORMALIZERS, "file")
-
-    def meet_constraints(
-        self, first: Mapping[str, Any], second: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return meet_keys(first, second, _MEET)
-
     # -- one use -----------------------------------------------------------------
 
-    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
-        try:
-            return self._check(resource, constraints, use)
-        except (TargetError, ResolveError) as error:
-            return deny(error.reason, str(error))
-        except OSError as error:
-            return deny("resolve_failed", str(error))
-        except Exception as error:  # fail closed on anything unforeseen
-            return deny("validator_error", f"{type(error).__name__}: {error}")
-
-    def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+    def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not a file operation")
         if bad_size(use.size):
@@ -224,18 +211,10 @@ def _check_size(max_bytes: int, use: Use, path: str) -> Decision:
         if use.size > max_bytes:
             return deny("too_large", f"{use.size} bytes is more than max_bytes {max_bytes}")
     elif use.operation == "read":
-        info = os.stat(path)  # noqa: PTH116 -- str paths on the hot path, no Path objects
+        try:
+            info = os.stat(path)  # noqa: PTH116 -- str paths on the hot path, no Path objects
+        except OSError as error:  # gone or unreadable since it was resolved
+            return deny("resolve_failed", str(error))
         if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
             return deny("too_large", f"the file has {info.st_size} bytes, max_bytes {max_bytes}")
     return ALLOW
-
-
-def _union(first: list[str], second: list[str]) -> list[str]:
-    return sorted(set(first) | set(second))
-
-
-_MEET: dict[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
-_NORMALIZERS: dict[str, Normalizer] = {
-    "deny": lambda key, value: string_list(key, value, normalize_glob),
-    "max_bytes": positive_int,
-}

@@ -16,7 +16,7 @@ import functools
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,19 +25,17 @@ from capsup.validators._common import (
     Normalizer,
     bad_size,
     has_control_char,
-    meet_keys,
-    normalize_keys,
-    normalize_operation_names,
     positive_int,
     positive_number,
 )
+from capsup.validators._scheme import SchemeValidator
 from capsup.validators.base import (
     ALLOW,
     ConstraintError,
     Decision,
+    Refusal,
     ResourceError,
     Use,
-    Validator,
     deny,
 )
 from capsup.validators.ipaddrs import (
@@ -65,12 +63,8 @@ _ATTRIBUTES = ("protocol", "username", "password", "hostname", "port", "pathname
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class URLError(ValueError):
+class URLError(Refusal):
     """A URL is refused; ``reason`` is the validator's reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,13 +247,41 @@ def _path_within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer + "/")
 
 
-class HttpValidator(Validator):
+def _rate_limit(value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) != {"requests", "per_seconds"}:
+        raise ConstraintError("rate_limit must be a map {requests, per_seconds}")
+    return {
+        "per_seconds": positive_number("rate_limit.per_seconds", value["per_seconds"]),
+        "requests": positive_int("rate_limit.requests", value["requests"]),
+    }
+
+
+def _meet_rate(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
+    """Fewer requests over a longer window: stricter than both sides."""
+    return {
+        "per_seconds": max(first["per_seconds"], second["per_seconds"]),
+        "requests": min(first["requests"], second["requests"]),
+    }
+
+
+_MEET: Mapping[str, Callable[[Any, Any], Any]] = {"rate_limit": _meet_rate, "max_bytes": min}
+_NORMALIZERS: Mapping[str, Normalizer] = {
+    "rate_limit": lambda key, value: _rate_limit(value),
+    "max_bytes": positive_int,
+}
+
+
+class HttpValidator(SchemeValidator):
     """Requests to a host (or ``*.domain``), port and path prefix, by method."""
 
     schemes: ClassVar[frozenset[str]] = frozenset({"http", "https"})
     operations: ClassVar[frozenset[str]] = frozenset(
         {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
     )
+    kind: ClassVar[str] = "http"
+    fold_operation = staticmethod(str.upper)
+    constraint_normalizers = _NORMALIZERS
+    constraint_meets = _MEET
 
     # -- the algebra -----------------------------------------------------------
 
@@ -285,29 +307,9 @@ class HttpValidator(Validator):
             and _path_within(a.path, b.path)
         )
 
-    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
-        return normalize_operation_names(operations, self.operations, str.upper)
-
-    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
-        """``rate_limit`` {requests, per_seconds} and ``max_bytes`` (request body)."""
-        return normalize_keys(raw, _NORMALIZERS, "http")
-
-    def meet_constraints(
-        self, first: Mapping[str, Any], second: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return meet_keys(first, second, _MEET)
-
     # -- one use -----------------------------------------------------------------
 
-    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
-        try:
-            return self._check(resource, constraints, use)
-        except URLError as error:
-            return deny(error.reason, str(error))
-        except Exception as error:  # fail closed on anything unforeseen
-            return deny("validator_error", f"{type(error).__name__}: {error}")
-
-    def _check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+    def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not an HTTP method")
         if bad_size(use.size):
@@ -338,27 +340,3 @@ class HttpValidator(Validator):
             elif use.size > max_bytes:
                 return deny("too_large", f"{use.size} bytes is more than max_bytes {max_bytes}")
         return ALLOW
-
-
-def _rate_limit(value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping) or set(value) != {"requests", "per_seconds"}:
-        raise ConstraintError("rate_limit must be a map {requests, per_seconds}")
-    return {
-        "per_seconds": positive_number("rate_limit.per_seconds", value["per_seconds"]),
-        "requests": positive_int("rate_limit.requests", value["requests"]),
-    }
-
-
-def _meet_rate(first: Mapping[str, Any], second: Mapping[str, Any]) -> dict[str, Any]:
-    """Fewer requests over a longer window: stricter than both sides."""
-    return {
-        "per_seconds": max(first["per_seconds"], second["per_seconds"]),
-        "requests": min(first["requests"], second["requests"]),
-    }
-
-
-_MEET: dict[str, Callable[[Any, Any], Any]] = {"rate_limit": _meet_rate, "max_bytes": min}
-_NORMALIZERS: dict[str, Normalizer] = {
-    "rate_limit": lambda key, value: _rate_limit(value),
-    "max_bytes": positive_int,
-}

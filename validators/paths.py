@@ -26,6 +26,7 @@ import stat
 from dataclasses import dataclass
 
 from capsup.validators._common import has_control_char
+from capsup.validators.base import Refusal
 
 __all__ = [
     "MAX_SYMLINK_HOPS",
@@ -42,12 +43,8 @@ __all__ = [
 MAX_SYMLINK_HOPS = 40
 
 
-class ResolveError(Exception):
+class ResolveError(Refusal):
     """A path cannot be resolved; ``reason`` is the validator's reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import sqlglot
 from capsup.validators._common import CONTROL_CHARS, has_control_char
+from capsup.validators.base import Refusal
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect, NormalizationStrategy
 from sqlglot.errors import SqlglotError
@@ -121,10 +122,8 @@ class Analysis:
     detail: str = ""
 
 
-class _Refused(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+class _Refused(Refusal):
+    """The statement is refused; :func:`analyze` turns this into its verdict."""
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
