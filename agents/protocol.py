@@ -224,9 +224,10 @@ def routing_envelope(frames: Sequence[bytes]) -> list[bytes]:
     return list(frames[:1])
 
 
-def request_payload(frames: Sequence[bytes]) -> bytes:
-    """The single request frame of a message received on a ROUTER socket."""
-    body = frames[len(routing_envelope(frames)) :]
+def request_payload(frames: Sequence[bytes], envelope: Sequence[bytes]) -> bytes:
+    """The single request frame of a message received on a ROUTER socket,
+    after its ``envelope`` (what :func:`routing_envelope` returned for it)."""
+    body = frames[len(envelope) :]
     if len(body) != 1:
         raise BadRequest(
             f"a request is exactly one message frame after the optional empty delimiter, "

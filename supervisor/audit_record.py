@@ -100,22 +100,12 @@ def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, s
 
 
 def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "seq": seq,
-        "time": _jsonable(event.time),
-        "event": str(event.event),
-        "trace_id": _jsonable(event.trace_id),
-        "principal": _jsonable(event.principal),
-        "pid": _jsonable(event.pid),
-        "capability_id": _jsonable(event.capability_id),
-        "parent_id": _jsonable(event.parent_id),
-        "resource": _jsonable(event.resource),
-        "operation": _jsonable(event.operation),
-        "decision": _jsonable(event.decision),
-        "reason": _jsonable(event.reason),
-        "detail": _jsonable(dict(event.detail)),
-        "prev": prev,
-    }
+    """The record without its hash, as plain JSON values: the definition that
+    canonical() turns into the hashed bytes."""
+    record = {field: _jsonable(value) for field, value in zip(Event._fields, event, strict=True)}
+    record["event"] = str(event.event)
+    record["seq"] = seq
+    record["prev"] = prev
     record.update({key: _jsonable(value) for key, value in extra.items()})
     return record
 

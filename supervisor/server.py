@@ -362,7 +362,7 @@ class Server:
         parsed = False
         speaker: Principal | None = None
         try:
-            payload = p.request_payload(raw)
+            payload = p.request_payload(raw, envelope)
             principal, peer = self._authenticate(user, payload)
             speaker = principal
             try:

@@ -18,7 +18,6 @@ the deepest existing ancestor" means for a file about to be created.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -98,30 +97,22 @@ def _resolve_existing(path: str) -> Resolved | None:
     return Resolved(named, True)
 
 
-#: ``/proc/self/fd``, opened once (it saves the kernel a walk through procfs
-#: on every resolution); None without /proc, or until first use. A forked
-#: child must not use its parent's: that directory lists the parent's
-#: descriptors, so fd N there is not the child's fd N. The child forgets it
-#: (leaving the descriptor to the parent, whose it is) and opens its own.
-_fd_dir: int | None = None
-_fd_dir_tried = False
-
-
+@functools.cache
 def _own_fd_dir() -> int | None:
-    global _fd_dir, _fd_dir_tried
-    if not _fd_dir_tried:
-        _fd_dir_tried = True
-        with contextlib.suppress(OSError):  # no /proc: every path is walked
-            _fd_dir = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    return _fd_dir
+    """``/proc/self/fd``, opened once (it saves the kernel a walk through
+    procfs on every resolution), or None without /proc.
+
+    A forked child must not use its parent's: that directory lists the
+    parent's descriptors, so fd N there is not the child's fd N. The child
+    forgets it (leaving the descriptor to the parent, whose it is) and opens
+    its own."""
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # every path is walked
 
 
-def _forget_fd_dir() -> None:
-    global _fd_dir, _fd_dir_tried
-    _fd_dir, _fd_dir_tried = None, False
-
-
-os.register_at_fork(after_in_child=_forget_fd_dir)
+os.register_at_fork(after_in_child=_own_fd_dir.cache_clear)
 
 
 def resolve_by_walking(path: str) -> Resolved:

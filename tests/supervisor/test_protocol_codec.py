@@ -208,7 +208,7 @@ def test_decode_rejects_oversized_before_parsing() -> None:
 )
 def test_framing_accepts(frames: list[bytes], envelope: list[bytes], payload: bytes) -> None:
     assert routing_envelope(frames) == envelope
-    assert request_payload(frames) == payload
+    assert request_payload(frames, envelope) == payload
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_framing_accepts(frames: list[bytes], envelope: list[bytes], payload: by
 def test_framing_rejects_but_keeps_the_envelope(frames: list[bytes], envelope: list[bytes]) -> None:
     assert routing_envelope(frames) == envelope
     with pytest.raises(BadRequest, match="exactly one message frame"):
-        request_payload(frames)
+        request_payload(frames, envelope)
 
 
 # -- the envelope -----------------------------------------------------------
@@ -731,9 +731,9 @@ class FakeSupervisor:
                 frames = socket.recv_multipart()
                 self.frames.append(frames)
                 envelope = routing_envelope(frames)
+                request = decode(request_payload(frames, envelope))
                 if self.add_delimiter:
                     envelope = [*envelope, b""]
-                request = decode(request_payload(frames))
                 self.requests.append(request)
                 for reply in self.handler(request):
                     socket.send_multipart([*envelope, reply])
