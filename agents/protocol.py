@@ -59,8 +59,7 @@ __all__ = [
     "ValidateArgs",
     "WaitArgs",
     "WhoamiArgs",
-    "best_effort_id",
-    "best_effort_trace_id",
+    "best_effort_ids",
     "decode",
     "encode",
     "error_reply",
@@ -257,7 +256,7 @@ def parse_request(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request
 
     Raises :class:`MessageTooLarge`, :class:`BadRequest` or
     :class:`UnknownOperation`; the caller can still recover the id for its
-    error reply with :func:`best_effort_id`.
+    error reply with :func:`best_effort_ids`.
     """
     message = decode(data, max_bytes=max_bytes)
     if not isinstance(message, dict):
@@ -308,18 +307,15 @@ def _check_trace_id(value: object) -> str:
     return value
 
 
-def best_effort_id(data: bytes) -> RequestId | None:
-    """The request's id, if one can be read from a message that failed to parse.
+def best_effort_ids(data: bytes) -> tuple[RequestId | None, str | None]:
+    """The request's id and trace id, each if it can be read from a message
+    that failed to parse (or came from a stranger).
 
-    Error replies echo it wherever possible so the client can match them to
-    its request; ``None`` (sent as nil) when the bytes hold no usable id.
+    Error replies echo them wherever possible so the client can match them
+    to its request and the audit record; ``None`` (sent as nil) when the
+    bytes hold no usable value.
     """
-    return _salvage(data)[0]
-
-
-def best_effort_trace_id(data: bytes) -> str | None:
-    """The client's trace id, if a valid one can be read from a rejected message."""
-    return _salvage(data)[1]
+    return _salvage(data)
 
 
 # The envelope has at most four keys; looking further only helps an attacker.

@@ -40,22 +40,9 @@ GENESIS = "0" * 64
 #: The key under which the state store keeps the chain head (``"SEQ:HASH"``).
 HEAD_META_KEY = "audit_head"
 
-#: Fields every record has, in the order people read them (null where they do
-#: not apply). ``seq``, ``prev`` and ``hash`` are added by the chain.
-EVENT_FIELDS = (
-    "time",
-    "event",
-    "trace_id",
-    "principal",
-    "pid",
-    "capability_id",
-    "parent_id",
-    "resource",
-    "operation",
-    "decision",
-    "reason",
-    "detail",
-)
+#: Fields every record has (null where they do not apply): the event's.
+#: ``seq``, ``prev`` and ``hash`` are added by the chain.
+EVENT_FIELDS = Event._fields
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -102,7 +89,7 @@ def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, s
 def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[str, Any]:
     """The record without its hash, as plain JSON values: the definition that
     canonical() turns into the hashed bytes."""
-    record = {field: _jsonable(value) for field, value in zip(Event._fields, event, strict=True)}
+    record = {field: _jsonable(value) for field, value in zip(EVENT_FIELDS, event, strict=True)}
     record["event"] = str(event.event)
     record["seq"] = seq
     record["prev"] = prev
@@ -172,7 +159,7 @@ _PLAIN_JSON.update({dict: _json_map, MappingProxyType: _json_map})
 #: The record's fields: the event's, then the chain's. canonical() writes
 #: them in sorted key order; the fast encoder picks them from
 #: ``(*event, seq, prev)`` in that order.
-_RECORD_FIELDS = (*Event._fields, "seq", "prev")
+_RECORD_FIELDS = (*EVENT_FIELDS, "seq", "prev")
 _IN_SORTED_ORDER = operator.itemgetter(*(_RECORD_FIELDS.index(k) for k in sorted(_RECORD_FIELDS)))
 _KEY_PREFIXES = tuple(
     ("{" if i == 0 else ",") + encode_basestring_ascii(key) + ":"

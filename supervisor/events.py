@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-__all__ = ["Event", "EventSink", "EventType", "ViolationKind"]
+__all__ = ["NO_DETAIL", "Event", "EventSink", "EventType", "ViolationKind"]
 
 
 class EventType(StrEnum):

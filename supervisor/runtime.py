@@ -114,6 +114,7 @@ class Runtime:
             grace_period=options.grace_period,
             max_message_bytes=config.settings.max_message_bytes,
             observe_request=self.metrics.observe_request,
+            observe_validation=self.metrics.observe_validation,
             on_idle=self.audit.flush_if_due,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)

@@ -33,7 +33,6 @@ from capsup.agents.errors import (
     CapsupError,
     InternalError,
     NotAuthorized,
-    RequestError,
     SpawnFailed,
     Unauthenticated,
     UnknownAgent,
@@ -96,6 +95,7 @@ class Server:
         grace_period: float = 5.0,
         max_message_bytes: int = p.MAX_MESSAGE_BYTES,
         observe_request: Callable[[str, float], None] | None = None,
+        observe_validation: Callable[[float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         if not endpoint.startswith("ipc://"):
@@ -109,6 +109,7 @@ class Server:
         self._grace = grace_period
         self._max_bytes = max_message_bytes
         self._observe = observe_request
+        self._observe_validation = observe_validation
         self._on_idle = on_idle
         self._context = zmq.Context()
         # The ZAP handler must exist before the first connection is accepted.
@@ -356,56 +357,98 @@ class Server:
     def _handle(self, raw: list[bytes], user: str) -> None:
         started = time.perf_counter()
         envelope = p.routing_envelope(raw)
-        request_id: p.RequestId | None = None
-        trace_id: str | None = None
         op = "invalid"
-        parsed = False
-        speaker: Principal | None = None
         try:
-            payload = p.request_payload(raw, envelope)
-            principal, peer = self._authenticate(user, payload)
-            speaker = principal
-            try:
-                request = p.parse_request(payload, max_bytes=self._max_bytes)
-            except CapsupError:
-                request_id, trace_id = p.best_effort_id(payload), p.best_effort_trace_id(payload)
-                raise
-            request_id, op = request.id, request.op.value
-            trace_id = request.trace_id or new_trace_id()
-            args = p.parse_args(request)
-            parsed = True
-            now = time.time()
-            if isinstance(args, _PROCESS_OPS):
-                reply = self._process_op(peer, principal, args, envelope, request_id, trace_id)
-                if reply is None:
-                    return  # a wait that will be answered later
-                result = reply
-            else:
-                result = dispatch_kernel_op(
-                    self.kernel, principal, args, now=now, trace_id=trace_id
-                )
-            self._send(envelope, p.ok_reply(request_id, result, trace_id))
-        except CapsupError as error:
-            trace_id = trace_id or new_trace_id()
-            if isinstance(error, RequestError) and not parsed:
-                try:
-                    self._violation(
-                        ViolationKind.MALFORMED_INPUT,
-                        error,
-                        trace_id,
-                        pid=None if speaker is None else speaker.pid,
-                        principal=None if speaker is None else speaker.id,
-                    )
-                except CapsupError as unrecorded:  # the trail is down: say that instead
-                    error = unrecorded
-            self._send(envelope, p.error_reply(request_id, error, trace_id))
+            admitted = self._admit(raw, envelope, user)
+            if admitted is not None:
+                peer, request, args = admitted
+                op = request.op.value
+                self._execute(envelope, peer, request, args)
         except Exception as error:  # a bug must not take the supervisor down
-            trace_id = trace_id or new_trace_id()
-            internal = InternalError(f"internal error: {type(error).__name__}")
-            self._send(envelope, p.error_reply(request_id, internal, trace_id))
+            self._internal_error(envelope, None, new_trace_id(), error)
         finally:
             if self._observe is not None:
                 self._observe(op, time.perf_counter() - started)
+
+    def _admit(
+        self, raw: list[bytes], envelope: list[bytes], user: str
+    ) -> tuple[_Peer, p.Request, p.OpArgs] | None:
+        """Authenticate and parse one message, or refuse it: a message from a
+        stranger, or one that cannot be parsed, is answered and recorded as a
+        violation under the same trace id, and None is returned."""
+        payload = b""
+        peer: _Peer | None = None
+        request: p.Request | None = None
+        try:
+            payload = p.request_payload(raw, envelope)
+            peer = self._authenticate(user)
+            request = p.parse_request(payload, max_bytes=self._max_bytes)
+            return peer, request, p.parse_args(request)
+        except CapsupError as error:
+            request_id: p.RequestId | None
+            if request is not None:
+                request_id, trace_id = request.id, request.trace_id
+            else:
+                request_id, trace_id = p.best_effort_ids(payload)
+            trace_id = trace_id or new_trace_id()
+            kind = (
+                ViolationKind.UNAUTHENTICATED
+                if isinstance(error, Unauthenticated)
+                else ViolationKind.MALFORMED_INPUT
+            )
+            try:
+                self._violation(
+                    kind,
+                    error,
+                    trace_id,
+                    pid=peer.principal.pid if peer else _identity(user)[1],
+                    principal=peer.principal.id if peer else None,
+                )
+            except CapsupError as unrecorded:  # the trail is down: say that instead
+                error = unrecorded
+            self._send(envelope, p.error_reply(request_id, error, trace_id))
+            return None
+
+    def _execute(
+        self, envelope: list[bytes], peer: _Peer, request: p.Request, args: p.OpArgs
+    ) -> None:
+        """Carry out an admitted request and answer it (``wait`` perhaps later).
+        Refusals from here on were recorded by whoever refused."""
+        trace_id = request.trace_id or new_trace_id()
+        try:
+            if isinstance(args, _PROCESS_OPS):
+                result = self._process_op(peer, args, envelope, request.id, trace_id)
+                if result is None:
+                    return  # a wait that will be answered later
+            else:
+                result = self._kernel_op(peer.principal, args, trace_id)
+            self._send(envelope, p.ok_reply(request.id, result, trace_id))
+        except CapsupError as error:
+            self._send(envelope, p.error_reply(request.id, error, trace_id))
+        except Exception as error:  # a bug must not take the supervisor down
+            self._internal_error(envelope, request.id, trace_id, error)
+
+    def _kernel_op(self, principal: Principal, args: p.OpArgs, trace_id: str) -> dict[str, Any]:
+        """Dispatch to the kernel; a ``validate`` is timed for the metrics,
+        allowed or refused."""
+        now = time.time()
+        if self._observe_validation is None or not isinstance(args, p.ValidateArgs):
+            return dispatch_kernel_op(self.kernel, principal, args, now=now, trace_id=trace_id)
+        started = time.perf_counter()
+        try:
+            return dispatch_kernel_op(self.kernel, principal, args, now=now, trace_id=trace_id)
+        finally:
+            self._observe_validation(time.perf_counter() - started)
+
+    def _internal_error(
+        self,
+        envelope: list[bytes],
+        request_id: p.RequestId | None,
+        trace_id: str,
+        error: Exception,
+    ) -> None:
+        internal = InternalError(f"internal error: {type(error).__name__}")
+        self._send(envelope, p.error_reply(request_id, internal, trace_id))
 
     def _answer_zap(self) -> None:
         """Bind identity to a connection while it is made (ZAP, RFC 27).
@@ -429,29 +472,26 @@ class Server:
             user = f"{agent.agent_id if agent else ''}|{pid or 0}"
             self._zap.send_multipart([version, request_id, b"200", b"OK", user.encode(), b""])
 
-    def _authenticate(self, user: str, payload: bytes) -> tuple[Principal, _Peer]:
+    def _authenticate(self, user: str) -> _Peer:
+        """The agent behind a connection's User-Id (set by :meth:`_answer_zap`);
+        raises :class:`Unauthenticated` for anyone else."""
         peer = self._peers.get(user)
         if peer is not None and peer.agent.running:
-            return peer.principal, peer
-        agent_id, _, pid_text = user.partition("|")
+            return peer
+        agent_id, pid = _identity(user)
         agent = self.processes.get(agent_id) if agent_id else None
-        pid = int(pid_text) if pid_text.isdigit() and int(pid_text) > 0 else None
         if agent is None or not agent.running or pid is None:
-            error = Unauthenticated(
+            raise Unauthenticated(
                 "this process is not an agent of this supervisor (identity comes from the "
                 "operating system, not from the request)"
             )
-            trace = p.best_effort_trace_id(payload) or new_trace_id()
-            self._violation(ViolationKind.UNAUTHENTICATED, error, trace, pid=pid)
-            raise error
         peer = _Peer(agent, Principal(agent.agent_id, agent.policy_name, pid=pid))
         self._peers[user] = peer
-        return peer.principal, peer
+        return peer
 
     def _process_op(
         self,
         peer: _Peer,
-        principal: Principal,
         args: p.SpawnArgs | p.WaitArgs,
         envelope: list[bytes],
         request_id: p.RequestId,
@@ -467,8 +507,8 @@ class Server:
                     ViolationKind.NOT_AUTHORIZED,
                     error,
                     trace_id,
-                    pid=principal.pid,
-                    principal=principal.id,
+                    pid=peer.principal.pid,
+                    principal=peer.principal.id,
                 )
                 raise error
             if not child.running:
@@ -479,11 +519,9 @@ class Server:
             deadline = None if args.timeout is None else time.time() + args.timeout
             waiting.append(_Waiter(envelope, request_id, trace_id, deadline))
             return None
-        return self._spawn(peer, principal, args, trace_id)
+        return self._spawn(peer, args, trace_id)
 
-    def _spawn(
-        self, peer: _Peer, principal: Principal, args: p.SpawnArgs, trace_id: str
-    ) -> dict[str, Any]:
+    def _spawn(self, peer: _Peer, args: p.SpawnArgs, trace_id: str) -> dict[str, Any]:
         """Delegate the grants to the new agent's id first, then start it: a
         refused delegation starts nothing, and a failed start revokes them."""
         now = time.time()
@@ -491,7 +529,7 @@ class Server:
         # A sub-agent's name is a policy key only where the parent's entry
         # lists it in may_spawn; otherwise an agent could spawn a helper named
         # after a more privileged entry and be granted that entry's rights.
-        policy_name = name if self.kernel.policy.may_spawn(principal.name, name) else ""
+        policy_name = name if self.kernel.policy.may_spawn(peer.principal.name, name) else ""
         agent_id = new_agent_id(name)
         self.kernel.register_principal(Principal(agent_id, policy_name), parent=peer.agent.agent_id)
         delegated = []
@@ -506,7 +544,7 @@ class Server:
                 )
                 delegated.append(
                     self.kernel.delegate(
-                        principal, grant.capability, delegation, now=now, trace_id=trace_id
+                        peer.principal, grant.capability, delegation, now=now, trace_id=trace_id
                     )
                 )
             child = self.start_agent(
@@ -576,6 +614,14 @@ class Server:
         self._context.term()
         self._signals_r.close()
         self._signals_w.close()
+
+
+def _identity(user: str) -> tuple[str, int | None]:
+    """The agent id and pid in a User-Id that :meth:`Server._answer_zap` gave
+    (``"AGENT_ID|PID"``, the agent id empty for a stranger)."""
+    agent_id, _, pid_text = user.partition("|")
+    pid = int(pid_text) if pid_text.isdigit() else 0
+    return agent_id, pid if pid > 0 else None
 
 
 def _peer_pid(address: str) -> int | None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
+import zmq
 from runner import CAPSUP, capsup_run, read_audit, start_capsup, wait_for, write_agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +168,83 @@ def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
     kinds = [r["detail"]["kind"] for r in read_audit(audit) if r["event"] == "security_violation"]
     assert kinds.count("unauthenticated") >= 1
+
+
+def test_a_strangers_reply_and_its_audit_record_share_the_trace_id(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import os, time
+        open("{tmp_path}/endpoint", "w").write(os.environ["CAPSUP_ENDPOINT"])
+        while not os.path.exists("{tmp_path}/done"):
+            time.sleep(0.05)
+    """,
+    )
+    proc = start_capsup(tmp_path, agent)
+    replies = []
+    try:
+        wait_for(tmp_path / "endpoint")
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect((tmp_path / "endpoint").read_text())
+        for request in (
+            {"id": 7, "op": "whoami", "trace_id": "stranger-1"},
+            {"id": "no-trace", "op": "whoami"},
+        ):
+            sock.send(msgpack.packb(request))
+            assert sock.poll(10_000), "no reply to a stranger"
+            replies.append(msgpack.unpackb(sock.recv()))
+        sock.close()
+    finally:
+        (tmp_path / "done").write_text("")
+        assert proc.wait(timeout=30) == 0
+    assert [(r["id"], r["error"]["code"]) for r in replies] == [
+        (7, "unauthenticated"),
+        ("no-trace", "unauthenticated"),
+    ]
+    assert replies[0]["trace_id"] == "stranger-1"
+    recorded = {
+        r["trace_id"]
+        for r in read_audit(tmp_path / "audit.jsonl")
+        if r["event"] == "security_violation" and r["detail"]["kind"] == "unauthenticated"
+    }
+    assert {r["trace_id"] for r in replies} <= recorded
+
+
+def test_validations_are_timed_in_the_metrics(tmp_path: Path) -> None:
+    port = _free_port()
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import urllib.request
+        from capsup.agents import AccessDenied, connect
+        c = connect()
+        cap = c.request("file://{tmp_path}", ["read"])
+        c.validate(cap, "read", "{tmp_path}/policy.toml")
+        try:
+            c.validate(cap, "read", "/etc/passwd")
+        except AccessDenied:
+            pass
+        page = urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read()
+        print(page.decode())
+    """,
+    )
+    outcome = capsup_run(tmp_path, agent, extra=("--metrics", f"127.0.0.1:{port}"))
+    assert outcome.code == 0, outcome.stderr
+    counts = [
+        line
+        for line in outcome.stdout.splitlines()
+        if line.startswith("capsup_validation_duration_seconds_count")
+    ]
+    assert counts == ["capsup_validation_duration_seconds_count 2.0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_sigkill_of_a_sub_agent_revokes_what_it_held(tmp_path: Path) -> None:

@@ -62,8 +62,7 @@ from capsup.agents.protocol import (
     ValidateArgs,
     WaitArgs,
     WhoamiArgs,
-    best_effort_id,
-    best_effort_trace_id,
+    best_effort_ids,
     decode,
     encode,
     error_reply,
@@ -310,7 +309,7 @@ def test_unknown_op(op: str) -> None:
     with pytest.raises(UnknownOperation, match="unknown op") as info:
         parse_request(pack({"id": 1, "op": op}))
     assert len(info.value.message) < 300
-    assert best_effort_id(pack({"id": 1, "op": op})) == 1
+    assert best_effort_ids(pack({"id": 1, "op": op}))[0] == 1
 
 
 def test_parse_request_rejects_oversized() -> None:
@@ -340,8 +339,7 @@ def test_parse_request_rejects_oversized() -> None:
     ],
 )
 def test_best_effort_id(data: bytes, request_id: Any, trace_id: str | None) -> None:
-    assert best_effort_id(data) == request_id
-    assert best_effort_trace_id(data) == trace_id
+    assert best_effort_ids(data) == (request_id, trace_id)
 
 
 # -- replies ----------------------------------------------------------------
