@@ -213,8 +213,13 @@ class _Walker:
         return frozenset(visible)
 
     def _table(self, table: exp.Table, ctes: frozenset[str]) -> None:
-        if not isinstance(table.this, exp.Identifier):
+        if isinstance(table.this, exp.Func):
             return  # a table-valued function; its Func node is checked on the way down
+        if not isinstance(table.this, exp.Identifier):
+            # A name sqlglot did not split into identifiers: a four-part
+            # linked-server name (a Dot), a placeholder or a parameter. What
+            # it reads cannot be named, so it cannot be allowed.
+            raise _Refused("bad_table_name", f"{type(table.this).__name__} as a table name")
         name = self._name(table)
         if len(name) == 1 and name[0] in ctes:
             return

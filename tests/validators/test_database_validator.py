@@ -8,11 +8,12 @@ import pytest
 from capsup.validators import DatabaseValidator, ResourceError, Use
 from capsup.validators.sql_scope import analyze
 
-DB = DatabaseValidator({"main": "sqlite", "pg": "postgres", "other": "sqlite"})
+DB = DatabaseValidator({"main": "sqlite", "pg": "postgres", "other": "sqlite", "ts": "tsql"})
 ALLOW = "allow"
 T = {"tables": ["orders", "users"]}
 MAIN = "db://main"
 PG = "db://pg"
+TS = "db://ts"
 
 # (database, operation, sql, constraints, expected decision or reason)
 CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
@@ -177,6 +178,13 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
     (PG, "select", "SELECT * FROM pg_catalog.pg_shadow", T, "table_not_allowed"),
     (MAIN, "select", 'SELECT * FROM "a.b"', {}, "bad_table_name"),
     (MAIN, "select", 'SELECT * FROM "a\x1b[2Jb"', {}, "bad_table_name"),
+    # Names sqlglot does not split into identifiers: what they read cannot be named.
+    (TS, "select", "SELECT * FROM srv.hr.dbo.salaries", T, "bad_table_name"),
+    (TS, "select", "SELECT * FROM users JOIN srv.hr.dbo.salaries s ON 1=1", T, "bad_table_name"),
+    (PG, "select", "SELECT * FROM a.b.c.d", T, "bad_table_name"),
+    (MAIN, "select", "SELECT * FROM ?", T, "bad_table_name"),
+    (TS, "select", "SELECT * FROM @t", T, "bad_table_name"),
+    (PG, "select", "SELECT * FROM $1", T, "bad_table_name"),
     # -- not one plain DML statement ------------------------------------------
     (MAIN, "select", "SELECT * FROM users; DROP TABLE users", T, "multiple_statements"),
     (MAIN, "select", "SELECT 1; SELECT 2", T, "multiple_statements"),
@@ -286,7 +294,7 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
 def test_corpus(
     target: str, operation: str, sql: object, constraints: dict[str, Any], expected: str
 ) -> None:
-    resource = PG if target == PG else MAIN
+    resource = target if target in (PG, TS) else MAIN
     normalized = DB.normalize_constraints(constraints)
     use = Use(operation, target, statement=sql)  # type: ignore[arg-type]
     decision = DB.check(resource, normalized, use)
