@@ -2,13 +2,16 @@
 
 A path that exists is resolved by the kernel itself: opened with ``O_PATH``
 (which opens nothing: no read, no device side effects, no FIFO blocking) and
-named by ``/proc/self/fd``. That is three system calls at any depth, and it is
-the very resolution a real ``open`` would do, ``..`` after a symlink, bind
-mounts and ``/proc`` magic links included.
+named by ``/proc/self/fd``, and that name is kept only if it leads back to the
+same file. That is five system calls at any depth, and it is the very
+resolution a real ``open`` would do, ``..`` after a symlink and bind mounts
+included.
 
 Anything else (a missing component, a symlink loop, a directory the
-supervisor may not search, no ``/proc``) is walked here component by
-component with ``lstat``/``readlink``, rather than with
+supervisor may not search, a name that leads elsewhere, no ``/proc``) is
+walked here component by
+component with ``lstat``/``readlink`` (refusing ``/proc`` magic links, which
+the kernel follows to an object, not to their text), rather than with
 :func:`os.path.realpath`, because the validator needs to know what realpath
 hides: whether a loop stopped the walk (realpath then returns the unresolved
 path), whether the path exists, and why a component could not be examined.
@@ -23,6 +26,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from capsup.validators._common import has_control_char
 from capsup.validators.base import Refusal
@@ -85,6 +89,7 @@ def _resolve_existing(path: str) -> Resolved | None:
         return None
     try:
         named = os.readlink(str(fd), dir_fd=fd_dir)
+        opened = os.fstat(fd)
     except OSError:
         return None
     finally:
@@ -93,6 +98,17 @@ def _resolve_existing(path: str) -> Resolved | None:
     # name outside this process's root ("(unreachable)/..."). Or possibly
     # unlinked since it was opened. The walk answers all of these lexically.
     if not named.startswith("/") or named.endswith(_DELETED):
+        return None
+    # The name must lead back to what was opened. It does not when the path
+    # went through a /proc magic link into another mount namespace: the name
+    # is then that namespace's, and here it may be a file inside the root
+    # while the object is outside it. Nor when the file was replaced since.
+    # The walk decides those (and refuses magic links).
+    try:
+        found = os.stat(named)  # noqa: PTH116 -- str paths on the hot path, no Path objects
+    except OSError:
+        return None
+    if (found.st_dev, found.st_ino) != (opened.st_dev, opened.st_ino):
         return None
     return Resolved(named, True)
 
@@ -113,6 +129,15 @@ def _own_fd_dir() -> int | None:
 
 
 os.register_at_fork(after_in_child=_own_fd_dir.cache_clear)
+
+
+@functools.cache
+def _procfs_dev() -> int | None:
+    """The device of the procfs mounted at /proc, whose symlinks are magic."""
+    try:
+        return Path("/proc").stat().st_dev
+    except OSError:
+        return None
 
 
 def resolve_by_walking(path: str) -> Resolved:
@@ -138,14 +163,18 @@ def resolve_by_walking(path: str) -> Resolved:
             continue
         current = "/" + "/".join(parts)
         try:
-            mode = os.lstat(current).st_mode
+            info = os.lstat(current)
         except (FileNotFoundError, NotADirectoryError):
             missing_from = len(parts) - 1
             continue
         except OSError as error:
             raise ResolveError("resolve_failed", f"cannot examine {current!r}: {error}") from None
-        if not stat.S_ISLNK(mode):
+        if not stat.S_ISLNK(info.st_mode):
             continue
+        if info.st_dev == _procfs_dev():
+            # A process's root, cwd or fd: the kernel follows these to the
+            # object, not the text, which can be in another mount namespace.
+            raise ResolveError("magic_link", f"{current!r} is a /proc link, not followed")
         hops += 1
         if hops > MAX_SYMLINK_HOPS:
             raise ResolveError("symlink_loop", f"more than {MAX_SYMLINK_HOPS} symlinks")

@@ -9,11 +9,14 @@ dangling, loops) and compare the two on random paths through them.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from capsup.validators import paths
+from capsup.validators import FilesystemValidator, Use, paths
 from capsup.validators.paths import Resolved, ResolveError, resolve, resolve_by_walking
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -140,3 +143,65 @@ def test_a_forked_child_reads_its_own_descriptors(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     os.close(parent_fd)  # only now: the child must see it open in the parent
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_proc_link_is_not_followed_by_the_walk(tmp_path: Path) -> None:
+    root = Path(os.path.realpath(tmp_path))
+    (root / "real.txt").write_text("x")
+    (root / "via_proc").symlink_to(f"/proc/self/root{root}")
+    # Existing, same mount namespace: the kernel's answer is the real file.
+    assert resolve(str(root / "via_proc" / "real.txt")) == Resolved(str(root / "real.txt"), True)
+    # Not existing yet, so walked: the magic link is refused, not read as text.
+    with pytest.raises(ResolveError) as caught:
+        resolve(str(root / "via_proc" / "new.txt"))
+    assert caught.value.reason == "magic_link"
+
+
+@pytest.fixture
+def other_namespace(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
+    """(ws, outside, pid): a process in its own mount namespace where ``ws``
+    shows the contents of ``outside``. Skips where user namespaces are off."""
+    root = Path(os.path.realpath(tmp_path))
+    ws, outside = root / "ws", root / "outside"
+    ws.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "-Urm",
+            "sh",
+            "-c",
+            f"mount --bind {outside} {ws} && echo ready && exec sleep 60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            pytest.skip("cannot make a mount namespace here (unprivileged user namespaces off?)")
+        yield ws, outside, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_link_into_another_mount_namespace_does_not_escape(
+    other_namespace: tuple[Path, Path, int],
+) -> None:
+    """Through /proc/PID/root, ``ws/innocent`` opens ``outside/secret.txt``
+    while /proc names it ``ws/secret.txt``: a name inside the root for an
+    object outside it. Neither resolution may take that name."""
+    ws, _, pid = other_namespace
+    (ws / "innocent").symlink_to(f"/proc/{pid}/root{ws}/secret.txt")
+    (ws / "door").symlink_to(f"/proc/{pid}/root{ws}")
+    validator = FilesystemValidator()
+    resource = validator.canonical_resource(ws.as_uri())
+    read = validator.check(resource, {}, Use("read", str(ws / "innocent")))
+    create = validator.check(resource, {}, Use("create", str(ws / "door" / "new.txt"), size=1))
+    assert (read.allowed, read.reason) == (False, "magic_link")
+    assert (create.allowed, create.reason) == (False, "magic_link")
