@@ -115,11 +115,18 @@ def grant_within(
                 f"{ceiling.max_delegation_depth}"
             )
             continue
+        try:
+            limits = parsed.validator.rebase_constraints(
+                ceiling.constraints, ceiling.resource, parsed.resource
+            )
+        except ConstraintError as error:
+            why = f"the ceiling's constraints deny it: {error}"
+            continue
         cap = Capability(
             id=new_capability_id(),
             resource=parsed.resource,
             operations=parsed.operations,
-            constraints=parsed.validator.meet_constraints(parsed.constraints, ceiling.constraints),
+            constraints=parsed.validator.meet_constraints(parsed.constraints, limits),
             holder=holder,
             granted_at=now,
             expires_at=now + (ceiling.default_ttl if ttl is None else ttl),
@@ -163,8 +170,15 @@ def delegate_from(
         extra = operations - parent.operations
         if extra:
             raise _widening(parent, f"operations {sorted(extra)} are not granted to the parent")
+    try:
+        # The parent's constraints, said of the child's resource.
+        inherited = validator.rebase_constraints(parent.constraints, parent.resource, resource)
+    except ConstraintError as error:
+        raise _widening(
+            parent, f"resource {resource} is outside what the parent allows: {error}"
+        ) from None
     named, depth = _constraints(validator, delegation.constraints)
-    parent_named = {k: v for k, v in parent.constraints.items() if k in named}
+    parent_named = {k: v for k, v in inherited.items() if k in named}
     wider = validator.constraints_within(named, parent_named)
     if wider is not None:
         raise _widening(parent, f"constraint {wider!r} is looser than the parent's")
@@ -185,7 +199,7 @@ def delegate_from(
         id=new_capability_id(),
         resource=resource,
         operations=operations,
-        constraints=validator.meet_constraints(named, parent.constraints),
+        constraints=validator.meet_constraints(named, inherited),
         holder=delegation.to,
         granted_at=now,
         expires_at=expires_at,

@@ -15,7 +15,8 @@ uses for policy ceilings and delegation:
   by segment (never by string prefix);
 - :meth:`~Validator.normalize_constraints` checks the scheme's closed
   constraint vocabulary (an unknown or ill-typed key is an error);
-- :meth:`~Validator.meet_constraints` gives the strictest of two constraint
+- :meth:`~Validator.rebase_constraints` restates constraints for a narrower
+  resource, :meth:`~Validator.meet_constraints` gives the strictest of two constraint
   maps, and :meth:`~Validator.constraints_within` tells whether one is at
   least as strict as another.
 """
@@ -136,6 +137,18 @@ class Validator(ABC):
         self, first: Mapping[str, Any], second: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The strictest map that satisfies both (normalized) inputs."""
+
+    def rebase_constraints(
+        self, constraints: Mapping[str, Any], outer: str, inner: str
+    ) -> dict[str, Any]:
+        """``constraints`` written for canonical resource ``outer``, restated
+        for ``inner`` (within it) so that they limit the same things.
+
+        The kernel calls this before it meets or compares the constraints of
+        two different resources. Raises :class:`ConstraintError` when the
+        constraints forbid all of ``inner``. The default is for schemes whose
+        constraints do not depend on where the resource starts."""
+        return dict(constraints)
 
     def constraints_within(self, child: Mapping[str, Any], parent: Mapping[str, Any]) -> str | None:
         """``None`` if ``child`` is at least as strict as ``parent`` on every key,

@@ -29,6 +29,7 @@ from capsup.validators._common import (
 from capsup.validators._scheme import SchemeValidator
 from capsup.validators.base import (
     ALLOW,
+    ConstraintError,
     Decision,
     Refusal,
     ResourceError,
@@ -40,6 +41,7 @@ from capsup.validators.paths import (
     glob_matches,
     is_within,
     normalize_glob,
+    rebase_glob,
     resolve,
 )
 
@@ -158,6 +160,28 @@ class FilesystemValidator(SchemeValidator):
 
     def resource_within(self, inner: str, outer: str) -> bool:
         return is_within(_root_of(inner), _root_of(outer))
+
+    def rebase_constraints(
+        self, constraints: Mapping[str, Any], outer: str, inner: str
+    ) -> dict[str, Any]:
+        """Deny globs are relative to the resource: restate them for ``inner``."""
+        patterns = constraints.get("deny")
+        if not patterns or inner == outer:
+            return dict(constraints)
+        outer_root, inner_root = _root_of(outer), _root_of(inner)
+        if not is_within(inner_root, outer_root):
+            raise ConstraintError(f"{inner} is not within {outer}")
+        relative = inner_root[len(outer_root) :].lstrip("/")
+        rebased: set[str] = set()
+        for pattern in patterns:
+            rests = rebase_glob(pattern, relative)
+            if rests is None:
+                raise ConstraintError(f"{inner} is denied by the deny glob {pattern!r}")
+            rebased.update(rests)
+        result = {key: value for key, value in constraints.items() if key != "deny"}
+        if rebased:
+            result["deny"] = sorted(rebased)
+        return result
 
     # -- one use -----------------------------------------------------------------
 

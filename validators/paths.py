@@ -38,6 +38,7 @@ __all__ = [
     "glob_matches",
     "is_within",
     "normalize_glob",
+    "rebase_glob",
     "resolve",
     "resolve_by_walking",
 ]
@@ -230,6 +231,46 @@ def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | 
     return None
 
 
+def rebase_glob(pattern: str, relative: str) -> list[str] | None:
+    """``pattern`` (relative to a root) said of the directory ``relative``
+    beneath that root: the globs that match, relative to it, exactly what
+    ``pattern`` matches beneath it. None when ``pattern`` matches ``relative``
+    itself or an ancestor of it, which denies everything there.
+
+    Needed wherever a capability is narrowed to a deeper root: a glob copied
+    unchanged would be read relative to the new root and deny other paths.
+    """
+    segments = pattern.split("/")
+    while segments and segments[-1] == "**":  # "a/**" matches what "a" matches
+        segments.pop()
+    names = [name for name in relative.split("/") if name]
+    rests: set[str] = set()
+    # States (glob segments consumed, names consumed); "**" may take any
+    # number of names, so there can be several ways through.
+    pending = [(0, 0)]
+    seen: set[tuple[int, int]] = set()
+    while pending:
+        state = pending.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        at, taken = state
+        if at == len(segments):
+            return None  # matched names[:taken]: ``relative`` or an ancestor
+        if taken == len(names):
+            rests.add("/".join(segments[at:]))
+        elif segments[at] == "**":
+            pending += [(at + 1, taken), (at, taken + 1)]
+        elif _compile_segment(segments[at]).fullmatch(names[taken]):
+            pending.append((at + 1, taken + 1))
+    return sorted(rests)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_segment(segment: str) -> re.Pattern[str]:
+    return re.compile(_segment_regex(segment), re.DOTALL)
+
+
 @functools.lru_cache(maxsize=1024)
 def _compile(pattern: str) -> re.Pattern[str]:
     """Translate a normalized glob into an anchored regular expression.
@@ -239,7 +280,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
     The regex also matches every path beneath a match.
     """
     segments = pattern.split("/")
-    if segments[-1] == "**":
+    while segments and segments[-1] == "**":  # "a/**/**" matches what "a" matches
         segments.pop()
     pieces: list[str] = []
     for index, segment in enumerate(segments):
@@ -251,7 +292,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
     body = "".join(pieces)
     if not segments:
         return re.compile(r".*", re.DOTALL)
-    return re.compile(body + r"(?:/.*)?", re.DOTALL)
+    # (?=.): a glob with a segment names something beneath the root, never
+    # the root itself (whose relative path is ""), even if ``*`` could be empty.
+    return re.compile(r"(?=.)" + body + r"(?:/.*)?", re.DOTALL)
 
 
 def _segment_regex(segment: str) -> str:

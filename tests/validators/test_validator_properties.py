@@ -14,7 +14,7 @@ from capsup.validators import (
     Use,
     Validator,
 )
-from capsup.validators.paths import is_within
+from capsup.validators.paths import glob_matches, is_within, normalize_glob, rebase_glob
 from fs_world import Workspace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -218,3 +218,31 @@ def test_http_within_is_a_preorder(a: str, b: str, c: str) -> None:
         assert HTTP.resource_within(a, c)
     if HTTP.resource_within(a, b) and HTTP.resource_within(b, a):
         assert a == b
+
+
+# -- a deny glob restated for a deeper root denies the same paths --------------------
+
+GLOB_SEGMENTS = st.sampled_from(["a", "b", "c", "*", "?", "**", "[ab]", "[!a]", "a*", "*c"])
+NAMES = st.sampled_from(["a", "b", "c", "ab", "ca", "abc"])
+
+
+@settings(max_examples=500)
+@given(
+    pattern=st.lists(GLOB_SEGMENTS, min_size=1, max_size=5).map("/".join),
+    relative=st.lists(NAMES, max_size=4).map("/".join),
+    beneath=st.lists(NAMES, max_size=4).map("/".join),
+)
+def test_a_rebased_glob_denies_exactly_what_the_original_denied(
+    pattern: str, relative: str, beneath: str
+) -> None:
+    """For any path ``beneath`` the new root ``relative``: the original glob
+    denies ``relative/beneath`` iff the restated globs deny ``beneath`` (and a
+    glob that denies the new root itself denies all of it)."""
+    pattern = normalize_glob(pattern)
+    rests = rebase_glob(pattern, relative)
+    full = "/".join(part for part in (relative, beneath) if part)
+    originally = glob_matches([pattern], full) is not None
+    if rests is None:
+        assert originally
+    else:
+        assert originally == (glob_matches(rests, beneath) is not None)

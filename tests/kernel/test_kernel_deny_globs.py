@@ -1,0 +1,111 @@
+"""Deny globs keep denying the same files when a capability is narrowed.
+
+A ``deny`` glob is relative to its capability's resource. Granting or
+delegating a deeper resource must restate the glob for the new root; copied
+unchanged it would be read relative to the new root and deny other files,
+which let a narrower grant or delegation reach what the wider one denied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from capsup.agents import errors
+from capsup.supervisor.config import parse_config
+from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
+from capsup.supervisor.principal import Principal
+from capsup.supervisor.store import Store
+from capsup.validators import Use
+from kernel_world import T0, Recorder
+
+CAROL = Principal("agent-carol", "carol", pid=2001)
+DAVE = Principal("agent-dave", "dave", pid=2002)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[tuple[Kernel, Path]]:
+    root = tmp_path.resolve()
+    for name in ("secrets", "public", "public/keys"):
+        (root / "data" / name).mkdir(parents=True)
+    for name in ("secrets/a.txt", "public/readme.txt", "public/x.key", "public/keys/k.txt"):
+        (root / "data" / name).write_text("x")
+    config = parse_config(
+        {
+            "agents": {
+                "carol": {
+                    "allow": [
+                        {
+                            "resource": f"file://{root}/data",
+                            "operations": ["read", "list"],
+                            "constraints": {"deny": ["secrets", "**/*.key"]},
+                            "max_delegation_depth": 2,
+                        }
+                    ]
+                },
+                "dave": {"allow": []},
+            }
+        },
+        source="test",
+    )
+    store = Store(root / "state.db")
+    k = Kernel(store=store, policy=config.policy, validators=config.validators, sink=Recorder())
+    k.start(now=T0, trace_id="start")
+    k.register_principal(CAROL)
+    k.register_principal(DAVE)
+    yield k, root / "data"
+    store.close()
+
+
+def grant(k: Kernel, resource: str, **constraints: object):
+    request = CapabilityRequest(resource, ["read"], constraints or None, ttl=100)
+    return k.request(CAROL, request, now=T0, trace_id="g")
+
+
+def allowed(k: Kernel, who: Principal, cap_id: str, path: Path) -> bool:
+    try:
+        k.validate(who, cap_id, Use("read", str(path)), now=T0 + 1, trace_id="v")
+    except errors.ConstraintViolation:
+        return False
+    return True
+
+
+def test_a_grant_inside_a_denied_directory_is_refused(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    with pytest.raises(errors.DeniedByPolicy, match="deny glob 'secrets'"):
+        grant(k, f"file://{data}/secrets")
+    with pytest.raises(errors.DeniedByPolicy):
+        grant(k, f"file://{data}/secrets/a.txt")
+
+
+def test_a_narrower_grant_keeps_the_ceilings_globs(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    cap = grant(k, f"file://{data}/public")
+    assert cap.constraints == {"deny": ["**/*.key"]}
+    assert allowed(k, CAROL, cap.id, data / "public" / "readme.txt")
+    assert not allowed(k, CAROL, cap.id, data / "public" / "x.key")
+
+
+def test_a_delegation_into_a_denied_directory_is_widening(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    parent = grant(k, f"file://{data}")
+    for resource in (f"file://{data}/secrets", f"file://{data}/public/x.key"):
+        with pytest.raises(errors.DelegationWidening, match="deny glob"):
+            k.delegate(CAROL, parent.id, Delegation(DAVE.id, resource), now=T0 + 1, trace_id="d")
+
+
+def test_a_delegation_restates_the_globs_for_its_root(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    parent = grant(k, f"file://{data}", deny=["public/keys"])
+    child = k.delegate(
+        CAROL,
+        parent.id,
+        Delegation(DAVE.id, f"file://{data}/public"),
+        now=T0 + 1,
+        trace_id="d",
+    )
+    assert child.constraints == {"deny": ["**/*.key", "keys"]}
+    assert allowed(k, DAVE, child.id, data / "public" / "readme.txt")
+    assert not allowed(k, DAVE, child.id, data / "public" / "x.key")
+    assert not allowed(k, DAVE, child.id, data / "public" / "keys" / "k.txt")
