@@ -87,6 +87,8 @@ def test_normalize_operations(validator: Validator, raw: Any, expected: set[str]
         (HTTP, ["CONNECT"]),
         (HTTP, ["GET "]),
         (HTTP, [b"GET"]),
+        (HTTP, ["po\u017ft"]),  # long s: str.upper() makes it "POST"
+        (FS, ["\u0130nfo"]),  # no file op, but non-ASCII never folds
         (DB, ["drop"]),
         (DB, ["pragma"]),
         (DB, ["select", True]),
