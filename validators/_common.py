@@ -68,7 +68,7 @@ def normalize_operation_names(
     for item in operations:
         if not isinstance(item, str):
             raise OperationError(f"operation must be a string, not {type(item).__name__}")
-        # ASCII only: str.upper() folds "po\\u017ft" to "POST", and a broker that
+        # ASCII only: str.upper() folds "po\u017ft" (long s) to "POST", and a broker that
         # trusted the spelling sent would then disagree with the decision.
         name = fold(item) if item.isascii() else ""
         if name not in allowed:
