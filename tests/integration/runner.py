@@ -43,6 +43,21 @@ def write_agent(directory: Path, name: str, body: str) -> Path:
     return path
 
 
+def write_idle_agent(root: Path) -> Path:
+    """An agent that writes its endpoint to ``root/endpoint`` and idles until
+    ``root/done`` exists, so a test can talk to its supervisor meanwhile."""
+    return write_agent(
+        root,
+        "agent",
+        f"""
+        import os, time
+        open("{root}/endpoint", "w").write(os.environ["CAPSUP_ENDPOINT"])
+        while not os.path.exists("{root}/done"):
+            time.sleep(0.05)
+        """,
+    )
+
+
 def write_policy(root: Path) -> Path:
     path = root / "policy.toml"
     path.write_text(POLICY.format(root=root))

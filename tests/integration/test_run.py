@@ -14,7 +14,15 @@ import msgpack
 import psutil
 import pytest
 import zmq
-from runner import CAPSUP, capsup_run, read_audit, start_capsup, wait_for, write_agent
+from runner import (
+    CAPSUP,
+    capsup_run,
+    read_audit,
+    start_capsup,
+    wait_for,
+    write_agent,
+    write_idle_agent,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,16 +147,7 @@ def test_a_stolen_id_is_denied_and_audited(tmp_path: Path) -> None:
 
 
 def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
-    agent = write_agent(
-        tmp_path,
-        "agent",
-        f"""
-        import os, time
-        open("{tmp_path}/endpoint", "w").write(os.environ["CAPSUP_ENDPOINT"])
-        while not os.path.exists("{tmp_path}/done"):
-            time.sleep(0.05)
-    """,
-    )
+    agent = write_idle_agent(tmp_path)
     audit = tmp_path / "audit.jsonl"
     proc = start_capsup(tmp_path, agent)
     try:
@@ -171,16 +170,7 @@ def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
 
 
 def test_a_strangers_reply_and_its_audit_record_share_the_trace_id(tmp_path: Path) -> None:
-    agent = write_agent(
-        tmp_path,
-        "agent",
-        f"""
-        import os, time
-        open("{tmp_path}/endpoint", "w").write(os.environ["CAPSUP_ENDPOINT"])
-        while not os.path.exists("{tmp_path}/done"):
-            time.sleep(0.05)
-    """,
-    )
+    agent = write_idle_agent(tmp_path)
     proc = start_capsup(tmp_path, agent)
     replies = []
     try:
