@@ -101,7 +101,10 @@ def test_every_accepted_delegation_lies_within_its_parent(
         assert child.operations <= parent.operations
         assert child.expires_at <= parent.expires_at
         assert child.delegation_depth < parent.delegation_depth
-        assert FILE.constraints_within(child.constraints, parent.constraints) is None
+        # As strict as the parent's constraints, restated for the child's root
+        # (a deny glob is relative to its resource).
+        inherited = FILE.rebase_constraints(parent.constraints, parent.resource, child.resource)
+        assert FILE.constraints_within(child.constraints, inherited) is None
         parent = child
 
 
