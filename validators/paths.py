@@ -1,14 +1,18 @@
 """Path resolution and deny globs for the filesystem validator.
 
 A path that exists is resolved by the kernel itself: opened with ``O_PATH``
-(which opens nothing: no read, no device side effects, no FIFO blocking) and
-named by ``/proc/self/fd``, and that name is kept only if it leads back to the
-same file. That is five system calls at any depth, and it is the very
-resolution a real ``open`` would do, ``..`` after a symlink and bind mounts
-included.
+(which opens nothing: no read, no device side effects, no FIFO blocking)
+through ``openat2(2)`` with ``RESOLVE_NO_MAGICLINKS``, and named by
+``/proc/self/fd``. That is three system calls at any depth, and it is the
+very resolution a real ``open`` would do, ``..`` after a symlink and bind
+mounts included. Refusing magic links is what makes the name trustworthy:
+``/proc/PID/root`` and its kin lead into another mount namespace, where an
+object outside the root can carry, there, a name inside it (and the same
+name resolved again here leads through the same link to the same object,
+so no after-the-fact comparison can tell).
 
 Anything else (a missing component, a symlink loop, a directory the
-supervisor may not search, a name that leads elsewhere, no ``/proc``) is
+supervisor may not search, a magic link, a kernel without ``openat2``) is
 walked here component by
 component with ``lstat``/``readlink`` (refusing ``/proc`` magic links, which
 the kernel follows to an object, not to their text), rather than with
@@ -21,10 +25,14 @@ the deepest existing ancestor" means for a file about to be created.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import platform
 import re
 import stat
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,34 +90,21 @@ def _resolve_existing(path: str) -> Resolved | None:
     """The kernel's own resolution of an existing ``path``, or None when it
     cannot say (the walk then decides, and explains a failure)."""
     fd_dir = _own_fd_dir()
-    if fd_dir is None:
+    open_path = _openat2_no_magic_links()
+    if fd_dir is None or open_path is None or "\0" in path:
         return None
-    try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
+    fd = open_path(path)
+    if fd < 0:  # missing, a loop, not searchable, or a magic link on the way
         return None
     try:
         named = os.readlink(str(fd), dir_fd=fd_dir)
-        opened = os.fstat(fd)
     except OSError:
         return None
     finally:
         os.close(fd)
-    # Not a path: a pipe or socket reached through a /proc magic link, or a
-    # name outside this process's root ("(unreachable)/..."). Or possibly
-    # unlinked since it was opened. The walk answers all of these lexically.
+    # Not a path: a name outside this process's root ("(unreachable)/..."),
+    # or a file unlinked since it was opened. The walk answers those lexically.
     if not named.startswith("/") or named.endswith(_DELETED):
-        return None
-    # The name must lead back to what was opened. It does not when the path
-    # went through a /proc magic link into another mount namespace: the name
-    # is then that namespace's, and here it may be a file inside the root
-    # while the object is outside it. Nor when the file was replaced since.
-    # The walk decides those (and refuses magic links).
-    try:
-        found = os.stat(named)  # noqa: PTH116 -- str paths on the hot path, no Path objects
-    except OSError:
-        return None
-    if (found.st_dev, found.st_ino) != (opened.st_dev, opened.st_ino):
         return None
     return Resolved(named, True)
 
@@ -130,6 +125,59 @@ def _own_fd_dir() -> int | None:
 
 
 os.register_at_fork(after_in_child=_own_fd_dir.cache_clear)
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how`` of openat2(2)."""
+
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+#: openat2's number (Linux 5.6+), the same on these machines; elsewhere it
+#: may be another call, so it is not tried and every path is walked.
+_SYS_OPENAT2 = 437
+_OPENAT2_MACHINES = frozenset(
+    {"x86_64", "i686", "aarch64", "arm64", "armv7l", "riscv64", "ppc64le", "s390x", "loongarch64"}
+)
+_AT_FDCWD = -100
+_RESOLVE_NO_MAGICLINKS = 0x02
+#: Module-level so its address stays valid for every call.
+_O_PATH_NO_MAGIC_LINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+
+
+@functools.cache
+def _openat2_no_magic_links() -> Callable[[str], int] | None:
+    """A function that opens a path ``O_PATH`` without following magic links
+    and returns the descriptor, or -1; None where openat2 is missing (an old
+    kernel, another OS, a seccomp filter that refuses it)."""
+    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = (
+        ctypes.c_long,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    )
+    how, size = ctypes.addressof(_O_PATH_NO_MAGIC_LINKS), ctypes.sizeof(_OpenHow)
+
+    def open_path(path: str) -> int:
+        return int(syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, size))
+
+    probe = open_path("/")
+    if probe < 0:
+        return None
+    os.close(probe)
+    return open_path
 
 
 @functools.cache

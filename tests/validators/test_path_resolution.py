@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -145,49 +145,55 @@ def test_a_forked_child_reads_its_own_descriptors(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_a_proc_link_is_not_followed_by_the_walk(tmp_path: Path) -> None:
+def test_a_proc_link_is_never_followed(tmp_path: Path) -> None:
     root = Path(os.path.realpath(tmp_path))
     (root / "real.txt").write_text("x")
     (root / "via_proc").symlink_to(f"/proc/self/root{root}")
-    # Existing, same mount namespace: the kernel's answer is the real file.
-    assert resolve(str(root / "via_proc" / "real.txt")) == Resolved(str(root / "real.txt"), True)
-    # Not existing yet, so walked: the magic link is refused, not read as text.
-    with pytest.raises(ResolveError) as caught:
-        resolve(str(root / "via_proc" / "new.txt"))
-    assert caught.value.reason == "magic_link"
+    # Existing or not (the kernel refuses to follow it, the walk to read it
+    # as text), even into this very mount namespace.
+    for name in ("real.txt", "new.txt"):
+        with pytest.raises(ResolveError) as caught:
+            resolve(str(root / "via_proc" / name))
+        assert caught.value.reason == "magic_link"
 
 
 @pytest.fixture
-def other_namespace(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
+def own_namespace() -> Iterator[Callable[[str], int]]:
+    """Start ``sh -c SCRIPT`` in a new user and mount namespace, kept alive for
+    the test; returns its pid. Skips where user namespaces are off."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    started: list[subprocess.Popen[str]] = []
+
+    def start(script: str) -> int:
+        proc = subprocess.Popen(
+            ["unshare", "-Urm", "sh", "-c", f"{script} && echo ready && exec sleep 60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            pytest.skip("cannot make a mount namespace here (unprivileged user namespaces off?)")
+        return proc.pid
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def other_namespace(tmp_path: Path, own_namespace: Callable[[str], int]) -> tuple[Path, Path, int]:
     """(ws, outside, pid): a process in its own mount namespace where ``ws``
-    shows the contents of ``outside``. Skips where user namespaces are off."""
+    shows the contents of ``outside``."""
     root = Path(os.path.realpath(tmp_path))
     ws, outside = root / "ws", root / "outside"
     ws.mkdir()
     outside.mkdir()
     (outside / "secret.txt").write_text("secret")
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1)")
-    proc = subprocess.Popen(
-        [
-            "unshare",
-            "-Urm",
-            "sh",
-            "-c",
-            f"mount --bind {outside} {ws} && echo ready && exec sleep 60",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            pytest.skip("cannot make a mount namespace here (unprivileged user namespaces off?)")
-        yield ws, outside, proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    return ws, outside, own_namespace(f"mount --bind {outside} {ws}")
 
 
 def test_a_link_into_another_mount_namespace_does_not_escape(
@@ -205,3 +211,48 @@ def test_a_link_into_another_mount_namespace_does_not_escape(
     create = validator.check(resource, {}, Use("create", str(ws / "door" / "new.txt"), size=1))
     assert (read.allowed, read.reason) == (False, "magic_link")
     assert (create.allowed, create.reason) == (False, "magic_link")
+
+
+def test_a_name_given_back_by_another_namespace_is_not_taken(
+    tmp_path: Path, own_namespace: Callable[[str], int]
+) -> None:
+    """The other namespace puts ``outside/secret.txt`` at ``ws/sub/door/f`` (a
+    tmpfs over ``ws/sub``, a bind mount on ``f``); here ``ws/sub/door`` leads
+    there through /proc/PID/root. /proc then names the secret by the very
+    path that was asked for, and resolving that name again follows the same
+    link to the same file, so no comparison afterwards can tell. Only
+    refusing to follow the magic link can."""
+    root = Path(os.path.realpath(tmp_path))
+    ws, outside = root / "ws", root / "outside"
+    (ws / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    door = ws / "sub" / "door"
+    pid = own_namespace(
+        f"mount -t tmpfs none {ws}/sub && mkdir {door} && touch {door}/f"
+        f" && mount --bind {outside}/secret.txt {door}/f"
+    )
+    door.symlink_to(f"/proc/{pid}/root{door}")
+    assert (door / "f").read_text() == "secret"  # the trap works
+    validator = FilesystemValidator()
+    resource = validator.canonical_resource(ws.as_uri())
+    read = validator.check(resource, {}, Use("read", str(door / "f")))
+    assert (read.allowed, read.reason) == (False, "magic_link")
+
+
+def test_without_openat2_every_path_is_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old kernel or a seccomp filter that refuses openat2: the walk
+    answers, the same answer, refusing magic links as before."""
+    monkeypatch.setattr(paths, "_openat2_no_magic_links", lambda: None)
+    root = Path(os.path.realpath(tmp_path))
+    (root / "real").mkdir()
+    (root / "real" / "f").write_text("x")
+    (root / "link").symlink_to("real")
+    (root / "via_proc").symlink_to(f"/proc/self/root{root}")
+    assert paths._resolve_existing(str(root / "link" / "f")) is None
+    assert resolve(str(root / "link" / "f")) == Resolved(str(root / "real" / "f"), True)
+    with pytest.raises(ResolveError) as caught:
+        resolve(str(root / "via_proc" / "real"))
+    assert caught.value.reason == "magic_link"
