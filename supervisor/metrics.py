@@ -10,7 +10,9 @@ agent lives, cascade sizes, records written). :func:`serve_metrics` serves
 
 Every label takes values from a closed set (event types, violation kinds,
 op names, exit reasons); anything outside it is counted as ``other``, so a
-hostile client cannot create series by choosing names.
+hostile client cannot create series by choosing names. The event sink
+counts what events imply too (agents started and ended, cascade sizes), so
+the kernel's events are all it needs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from capsup.supervisor.events import Event, EventType, ViolationKind
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from capsup.supervisor.metric_families import OTHER, CounterFamily, HistogramFamily, PlainCollector
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
@@ -79,7 +82,7 @@ DEFAULT_OPS = (
 #: ``killed`` (capsup ended it: shutdown, timeout, revocation), ``other``.
 EXIT_REASONS = ("exit", "error", "signal", "crash", "killed", "other")
 
-_OTHER = "other"
+_VALIDATED = EventType.CAPABILITY_VALIDATED
 
 
 def _package_version() -> str:
@@ -90,12 +93,15 @@ def _package_version() -> str:
 
 
 class Metrics:
-    """The supervisor's metrics, in a registry of their own."""
+    """The supervisor's metrics, in a registry of their own.
+
+    Counters and histograms are :mod:`plain numbers
+    <capsup.supervisor.metric_families>`, to be updated from one thread (the
+    supervisor's loop); scrapes may come from any other."""
 
     def __init__(self, *, ops: Iterable[str] = DEFAULT_OPS) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._ops = frozenset(ops)
         build = Gauge(
             "capsup_build_info",
             "Always 1; the labels say which capsup and Python are running.",
@@ -108,90 +114,103 @@ class Metrics:
             "Capabilities granted or delegated and not yet revoked or expired.",
             registry=r,
         )
-        events = Counter(
-            "capsup_capability_events",
-            "Security events by type (the audit vocabulary).",
-            ["event"],
-            registry=r,
-        )
-        self._events = {kind: events.labels(kind.value) for kind in EventType}
-        validations = Counter(
-            "capsup_validations",
-            "Validation decisions: allow, or deny (any reason).",
-            ["result"],
-            registry=r,
-        )
-        self._allowed = validations.labels("allow")
-        self._denied = validations.labels("deny")
-        violations = Counter(
-            "capsup_security_violations",
-            "Security violations by kind (stolen or forged ids, widening, ...).",
-            ["kind"],
-            registry=r,
-        )
-        kinds = [kind.value for kind in ViolationKind] + [_OTHER]
-        self._violations = {kind: violations.labels(kind) for kind in kinds}
-        requests = Histogram(
-            "capsup_request_duration_seconds",
-            "Time from a decoded request to its encoded reply, by op.",
-            ["op"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._requests = {op: requests.labels(op) for op in [*self._ops, _OTHER]}
-        self._validation_seconds = Histogram(
-            "capsup_validation_duration_seconds",
-            "Time the kernel takes to decide one use of a capability.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self._running = Gauge(
             "capsup_running_agents", "Agent processes alive under the supervisor.", registry=r
         )
-        exits = Counter(
+        self._events = CounterFamily(
+            "capsup_capability_events",
+            "Security events by type (the audit vocabulary).",
+            "event",
+            [kind.value for kind in EventType],
+            other=False,
+        )
+        self._validations = CounterFamily(
+            "capsup_validations",
+            "Validation decisions: allow, or deny (any reason).",
+            "result",
+            ["allow", "deny"],
+            other=False,
+        )
+        self._violations = CounterFamily(
+            "capsup_security_violations",
+            "Security violations by kind (stolen or forged ids, widening, ...).",
+            "kind",
+            [kind.value for kind in ViolationKind],
+        )
+        self._requests = HistogramFamily(
+            "capsup_request_duration_seconds",
+            "Time from a decoded request to its encoded reply, by op.",
+            LATENCY_BUCKETS,
+            "op",
+            ops,
+        )
+        self._validation_seconds = HistogramFamily(
+            "capsup_validation_duration_seconds",
+            "Time the kernel takes to decide one use of a capability.",
+            LATENCY_BUCKETS,
+        )
+        self._exits = CounterFamily(
             "capsup_agent_exits",
             "Agent processes that ended, by how they ended.",
-            ["reason"],
-            registry=r,
+            "reason",
+            EXIT_REASONS,
         )
-        self._exits = {reason: exits.labels(reason) for reason in EXIT_REASONS}
-        self._audit_records = Counter(
-            "capsup_audit_records", "Audit records written to the trail.", registry=r
+        self._audit_records = CounterFamily(
+            "capsup_audit_records", "Audit records written to the trail."
         )
-        self._audit_errors = Counter(
+        self._audit_errors = CounterFamily(
             "capsup_audit_write_errors",
             "Failed writes to the audit trail (each made the supervisor fail closed).",
-            registry=r,
         )
-        self._cascade = Histogram(
+        self._cascade = HistogramFamily(
             "capsup_revocation_cascade_size",
             "Capabilities ended by one revocation, the revoked one included.",
-            buckets=CASCADE_BUCKETS,
-            registry=r,
+            CASCADE_BUCKETS,
+        )
+        r.register(
+            PlainCollector(
+                [
+                    self._events,
+                    self._validations,
+                    self._violations,
+                    self._requests,
+                    self._validation_seconds,
+                    self._exits,
+                    self._audit_records,
+                    self._audit_errors,
+                    self._cascade,
+                ]
+            )
         )
 
     # -- the event sink ------------------------------------------------------------
 
     def __call__(self, event: Event) -> None:
-        """Count one kernel event (never raises for an odd event)."""
-        counter = self._events.get(event.event)
-        if counter is not None:
-            counter.inc()
-        if event.event == EventType.CAPABILITY_VALIDATED:
-            self._allowed.inc()
-        elif event.event == EventType.CAPABILITY_VALIDATION_FAILED:
-            self._denied.inc()
-        elif event.event == EventType.SECURITY_VIOLATION:
-            kind = event.detail.get("kind")
-            self._violations.get(
-                kind if isinstance(kind, str) else _OTHER, self._violations[_OTHER]
-            ).inc()
+        """Count one event, and what it implies: an allowed or denied use, a
+        violation, an agent started or ended, the size of a revocation
+        cascade (never raises for an odd event)."""
+        kind = event.event
+        self._events.inc(kind)
+        if kind == _VALIDATED:
+            self._validations.inc("allow")
+        elif kind == EventType.CAPABILITY_VALIDATION_FAILED:
+            self._validations.inc("deny")
+        elif kind == EventType.SECURITY_VIOLATION:
+            violation = event.detail.get("kind")
+            self._violations.inc(violation if isinstance(violation, str) else OTHER)
+        elif kind == EventType.AGENT_STARTED:
+            self.agent_started()
+        elif kind == EventType.AGENT_TERMINATED:
+            self.agent_exited(str(event.detail.get("reason", OTHER)))
+        cascade = event.detail.get("cascade_size")
+        if isinstance(cascade, int) and not isinstance(cascade, bool):
+            self.observe_revocation_cascade(cascade)
 
     # -- what the server, spawner and audit trail report ---------------------------
 
     def observe_request(self, op: str, seconds: float) -> None:
         """One request handled; an op outside the known set counts as ``other``."""
-        self._requests.get(op, self._requests[_OTHER]).observe(seconds)
+        self._requests.observe(seconds, op)
 
     def observe_validation(self, seconds: float) -> None:
         self._validation_seconds.observe(seconds)
@@ -210,7 +229,7 @@ class Metrics:
     def agent_exited(self, reason: str) -> None:
         """An agent ended; ``reason`` is one of :data:`EXIT_REASONS`."""
         self._running.dec()
-        self._exits.get(reason, self._exits[_OTHER]).inc()
+        self._exits.inc(reason)
 
     def observe_revocation_cascade(self, size: int) -> None:
         """One revocation ended ``size`` capabilities (call once per revocation)."""
@@ -218,7 +237,7 @@ class Metrics:
 
     def audit_records_written(self, count: int) -> None:
         """For :class:`~capsup.supervisor.audit.AuditLog`'s ``on_written``."""
-        self._audit_records.inc(count)
+        self._audit_records.inc(amount=count)
 
     def audit_write_failed(self, error: OSError | None = None) -> None:
         """For :class:`~capsup.supervisor.audit.AuditLog`'s ``on_error``."""

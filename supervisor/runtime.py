@@ -23,14 +23,14 @@ from capsup.supervisor.audit import (
     parse_head,
 )
 from capsup.supervisor.config import Config
-from capsup.supervisor.events import Event, EventSink, EventType
+from capsup.supervisor.events import Event, EventSink
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
 from capsup.supervisor.principal import OPERATOR
 from capsup.supervisor.server import Server, new_trace_id
 from capsup.supervisor.store import Store
 
-__all__ = ["MetricsUnavailable", "Runtime", "RuntimeOptions", "count_into", "fan_out"]
+__all__ = ["MetricsUnavailable", "Runtime", "RuntimeOptions", "fan_out"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,21 +49,6 @@ def fan_out(*sinks: EventSink) -> EventSink:
     def sink(event: Event) -> None:
         for each in sinks:
             each(event)
-
-    return sink
-
-
-def count_into(metrics: Metrics) -> EventSink:
-    """The metrics sink, plus the counts that events imply but do not name."""
-
-    def sink(event: Event) -> None:
-        metrics(event)
-        if event.event == EventType.AGENT_STARTED:
-            metrics.agent_started()
-        elif event.event == EventType.AGENT_TERMINATED:
-            metrics.agent_exited(str(event.detail.get("reason", "other")))
-        elif "cascade_size" in event.detail:
-            metrics.observe_revocation_cascade(int(event.detail["cascade_size"]))
 
     return sink
 
@@ -95,7 +80,7 @@ class Runtime:
             on_written=self.metrics.audit_records_written,
             on_error=self.metrics.audit_write_failed,
         )
-        sink = fan_out(self.audit, count_into(self.metrics))
+        sink = fan_out(self.audit, self.metrics)
         self.kernel = Kernel(
             store=self.store,
             policy=config.policy,
