@@ -2,10 +2,12 @@
 
 A path that exists is resolved by the kernel itself: opened with ``O_PATH``
 (which opens nothing: no read, no device side effects, no FIFO blocking)
-through ``openat2(2)`` with ``RESOLVE_NO_MAGICLINKS``, and named by
-``/proc/self/fd``. That is three system calls at any depth, and it is the
-very resolution a real ``open`` would do, ``..`` after a symlink and bind
-mounts included. Refusing magic links is what makes the name trustworthy:
+through ``openat2(2)``. Without a symlink on the way (``RESOLVE_NO_SYMLINKS``
+succeeds) the path is its own normal form: two system calls. Otherwise it is
+opened again with ``RESOLVE_NO_MAGICLINKS`` and named by ``/proc/self/fd``:
+four. Either way, at any depth, it is the very resolution a real ``open``
+would do, ``..`` after a symlink and bind mounts included. Refusing magic
+links is what makes the name trustworthy:
 ``/proc/PID/root`` and its kin lead into another mount namespace, where an
 object outside the root can carry, there, a name inside it (and the same
 name resolved again here leads through the same link to the same object,
@@ -26,6 +28,7 @@ the deepest existing ancestor" means for a file about to be created.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import platform
@@ -89,12 +92,23 @@ _DELETED = " (deleted)"
 def _resolve_existing(path: str) -> Resolved | None:
     """The kernel's own resolution of an existing ``path``, or None when it
     cannot say (the walk then decides, and explains a failure)."""
-    fd_dir = _own_fd_dir()
-    open_path = _openat2_no_magic_links()
-    if fd_dir is None or open_path is None or "\0" in path:
+    open_path = _openat2()
+    if open_path is None or "\0" in path:
         return None
-    fd = open_path(path)
-    if fd < 0:  # missing, a loop, not searchable, or a magic link on the way
+    # Most paths hold no symlink at all. Then the kernel's ``..`` is the
+    # lexical one, so an open that refuses every symlink proves the path
+    # exists and is its own normal form: two system calls, no /proc.
+    fd = open_path(path, _NO_SYMLINKS)
+    if fd >= 0:
+        os.close(fd)
+        return Resolved(_lexically_normal(path), True)
+    if fd != -errno.ELOOP:  # missing, or not searchable: the walk explains
+        return None
+    fd_dir = _own_fd_dir()
+    if fd_dir is None:
+        return None
+    fd = open_path(path, _NO_MAGIC_LINKS)
+    if fd < 0:  # a loop, or a magic link on the way
         return None
     try:
         named = os.readlink(str(fd), dir_fd=fd_dir)
@@ -107,6 +121,21 @@ def _resolve_existing(path: str) -> Resolved | None:
     if not named.startswith("/") or named.endswith(_DELETED):
         return None
     return Resolved(named, True)
+
+
+def _lexically_normal(path: str) -> str:
+    """``path`` without empty, ``.`` and ``..`` segments (``//`` is ``/`` on
+    Linux, unlike :func:`os.path.normpath`'s POSIX reading)."""
+    if "//" not in path and "/." not in path and (path == "/" or not path.endswith("/")):
+        return path  # the common case, without a split
+    parts: list[str] = []
+    for name in path.split("/"):
+        if name == "..":
+            if parts:
+                parts.pop()
+        elif name not in ("", "."):
+            parts.append(name)
+    return "/" + "/".join(parts)
 
 
 @functools.cache
@@ -145,15 +174,20 @@ _OPENAT2_MACHINES = frozenset(
 )
 _AT_FDCWD = -100
 _RESOLVE_NO_MAGICLINKS = 0x02
-#: Module-level so its address stays valid for every call.
-_O_PATH_NO_MAGIC_LINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+_RESOLVE_NO_SYMLINKS = 0x04  # magic links included
+# Module-level, so their memory outlives every call that points at it.
+_HOW_NO_SYMLINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS)
+_HOW_NO_MAGIC_LINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+_NO_SYMLINKS = ctypes.addressof(_HOW_NO_SYMLINKS)
+_NO_MAGIC_LINKS = ctypes.addressof(_HOW_NO_MAGIC_LINKS)
 
 
 @functools.cache
-def _openat2_no_magic_links() -> Callable[[str], int] | None:
-    """A function that opens a path ``O_PATH`` without following magic links
-    and returns the descriptor, or -1; None where openat2 is missing (an old
-    kernel, another OS, a seccomp filter that refuses it)."""
+def _openat2() -> Callable[[str, int], int] | None:
+    """``open_path(path, how)``: open ``path`` with ``O_PATH`` under the rules
+    of one of the ``open_how`` above, returning the descriptor or minus the
+    errno. None where openat2 is missing (an old kernel, another OS, a
+    seccomp filter that refuses it)."""
     if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
         return None
     try:
@@ -168,12 +202,13 @@ def _openat2_no_magic_links() -> Callable[[str], int] | None:
         ctypes.c_void_p,
         ctypes.c_size_t,
     )
-    how, size = ctypes.addressof(_O_PATH_NO_MAGIC_LINKS), ctypes.sizeof(_OpenHow)
+    size = ctypes.sizeof(_OpenHow)
 
-    def open_path(path: str) -> int:
-        return int(syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, size))
+    def open_path(path: str, how: int) -> int:
+        fd = int(syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, size))
+        return fd if fd >= 0 else -ctypes.get_errno()
 
-    probe = open_path("/")
+    probe = open_path("/", _NO_MAGIC_LINKS)
     if probe < 0:
         return None
     os.close(probe)

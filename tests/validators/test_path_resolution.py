@@ -101,6 +101,12 @@ def test_an_existing_path_is_answered_by_the_kernel(tmp_path: Path) -> None:
     assert paths._resolve_existing(str(root / "link" / "f")) == Resolved(
         str(root / "real" / "f"), True
     )
+    # Without a symlink, the normal form of the path itself.
+    assert paths._resolve_existing(f"{root}//real/./f/") is None  # a file is not a directory
+    assert paths._resolve_existing(f"/..{root}//link/../real/./f") == Resolved(
+        str(root / "real" / "f"), True
+    )
+    assert paths._resolve_existing(f"{root}//real/.././real/") == Resolved(str(root / "real"), True)
     # A missing component is the walk's to explain.
     assert paths._resolve_existing(str(root / "real" / "new")) is None
     assert resolve(str(root / "link" / "new")) == Resolved(str(root / "real" / "new"), False)
@@ -108,11 +114,14 @@ def test_an_existing_path_is_answered_by_the_kernel(tmp_path: Path) -> None:
 
 def test_a_name_ending_like_an_unlinked_file_is_walked(tmp_path: Path) -> None:
     # /proc shows an unlinked file as "NAME (deleted)"; a file may really be
-    # called that, and must then resolve to itself.
+    # called that, and must then resolve to itself, named by /proc (through
+    # a symlink) or not.
     root = Path(os.path.realpath(tmp_path))
     odd = root / "notes (deleted)"
     odd.write_text("x")
-    assert paths._resolve_existing(str(odd)) is None
+    (root / "link").symlink_to(odd.name)
+    assert paths._resolve_existing(str(root / "link")) is None
+    assert resolve(str(root / "link")) == Resolved(str(odd), True)
     assert resolve(str(odd)) == Resolved(str(odd), True)
 
 
@@ -245,7 +254,7 @@ def test_without_openat2_every_path_is_walked(
 ) -> None:
     """An old kernel or a seccomp filter that refuses openat2: the walk
     answers, the same answer, refusing magic links as before."""
-    monkeypatch.setattr(paths, "_openat2_no_magic_links", lambda: None)
+    monkeypatch.setattr(paths, "_openat2", lambda: None)
     root = Path(os.path.realpath(tmp_path))
     (root / "real").mkdir()
     (root / "real" / "f").write_text("x")
