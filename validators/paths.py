@@ -178,12 +178,12 @@ _RESOLVE_NO_SYMLINKS = 0x04  # magic links included
 # Module-level, so their memory outlives every call that points at it.
 _HOW_NO_SYMLINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS)
 _HOW_NO_MAGIC_LINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
-_NO_SYMLINKS = ctypes.addressof(_HOW_NO_SYMLINKS)
-_NO_MAGIC_LINKS = ctypes.addressof(_HOW_NO_MAGIC_LINKS)
+_NO_SYMLINKS = ctypes.c_void_p(ctypes.addressof(_HOW_NO_SYMLINKS))
+_NO_MAGIC_LINKS = ctypes.c_void_p(ctypes.addressof(_HOW_NO_MAGIC_LINKS))
 
 
 @functools.cache
-def _openat2() -> Callable[[str, int], int] | None:
+def _openat2() -> Callable[[str, ctypes.c_void_p], int] | None:
     """``open_path(path, how)``: open ``path`` with ``O_PATH`` under the rules
     of one of the ``open_how`` above, returning the descriptor or minus the
     errno. None where openat2 is missing (an old kernel, another OS, a
@@ -195,17 +195,16 @@ def _openat2() -> Callable[[str, int], int] | None:
     except (OSError, AttributeError):
         return None
     syscall.restype = ctypes.c_long
-    syscall.argtypes = (
-        ctypes.c_long,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
+    # No argtypes: ready-made C values convert faster than argtypes would
+    # convert Python ones, on a call made once per validation.
+    number, at, size = (
+        ctypes.c_long(_SYS_OPENAT2),
+        ctypes.c_int(_AT_FDCWD),
+        ctypes.c_size_t(ctypes.sizeof(_OpenHow)),
     )
-    size = ctypes.sizeof(_OpenHow)
 
-    def open_path(path: str, how: int) -> int:
-        fd = int(syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), how, size))
+    def open_path(path: str, how: ctypes.c_void_p) -> int:
+        fd = int(syscall(number, at, os.fsencode(path), how, size))
         return fd if fd >= 0 else -ctypes.get_errno()
 
     probe = open_path("/", _NO_MAGIC_LINKS)
