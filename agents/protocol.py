@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, TypeVar
@@ -193,18 +193,22 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
 
 
 def _check_tree(value: Any, depth: int) -> None:
+    # The decoder builds exact dicts and lists, so exact type tests suffice.
     if depth > MAX_DEPTH:
         raise BadRequest(f"message nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
+    items: Iterable[Any]
+    if type(value) is dict:
+        for key in value:
+            if type(key) is not str:
                 raise BadRequest("map keys must be msgpack str, not bin")
-            if isinstance(item, dict | list):
-                _check_tree(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list):
-                _check_tree(item, depth + 1)
+        items = value.values()
+    elif type(value) is list:
+        items = value
+    else:
+        return
+    for item in items:
+        if type(item) is dict or type(item) is list:
+            _check_tree(item, depth + 1)
 
 
 # -- framing ----------------------------------------------------------------
@@ -417,38 +421,44 @@ _T = TypeVar("_T")
 
 
 class _Fields:
-    """Takes fields out of an args map one by one, then refuses any left over.
+    """Takes fields out of an args map one by one (each key once), then refuses
+    any left over.
 
     ``where`` prefixes every message (``args``, ``args.requests[3]``) so the
     client learns exactly which field is wrong.
     """
 
     def __init__(self, args: object, where: str) -> None:
+        # Keys need no check: decode() let only str keys through, at any depth.
         if not isinstance(args, Mapping):
             raise BadRequest(f"{where} must be a map, not {_wire_type(args)}")
-        for key in args:
-            if not isinstance(key, str):
-                raise BadRequest(f"{where} keys must be str, not {_wire_type(key)}")
         self._args: Mapping[str, Any] = args
         self._where = where
-        self._taken: set[str] = set()
+        self._taken: list[str] = []
+        self._present = 0  # how many of the taken keys the map has
 
     def required(self, key: str, check: Callable[[object, str], _T]) -> _T:
-        self._taken.add(key)
+        self._taken.append(key)
         if key not in self._args:
             raise BadRequest(f"{self._where}.{key} is required")
+        self._present += 1
         return check(self._args[key], f"{self._where}.{key}")
 
     def optional(self, key: str, check: Callable[[object, str], _T]) -> _T | None:
         """The checked value, or ``None`` when the field is absent or nil."""
-        self._taken.add(key)
-        value = self._args.get(key)
+        self._taken.append(key)
+        if key not in self._args:
+            return None
+        self._present += 1
+        value = self._args[key]
         return None if value is None else check(value, f"{self._where}.{key}")
 
     def done(self) -> None:
-        unknown = self._args.keys() - self._taken
-        if unknown:
-            raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown))}")
+        # Every key of the map was taken iff as many were present as it has.
+        if len(self._args) == self._present:
+            return
+        unknown = self._args.keys() - set(self._taken)
+        raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown, key=str))}")
 
 
 def _text(max_length: int) -> Callable[[object, str], str]:
