@@ -161,25 +161,20 @@ _PLAIN_JSON.update({dict: _json_map, MappingProxyType: _json_map})
 #: ``(*event, seq, prev)`` in that order.
 _RECORD_FIELDS = (*EVENT_FIELDS, "seq", "prev")
 _IN_SORTED_ORDER = operator.itemgetter(*(_RECORD_FIELDS.index(k) for k in sorted(_RECORD_FIELDS)))
-_KEY_PREFIXES = tuple(
-    ("{" if i == 0 else ",") + encode_basestring_ascii(key) + ":"
-    for i, key in enumerate(sorted(_RECORD_FIELDS))
+#: The canonical body with a ``%s`` for each value, in sorted key order.
+_BODY_FORMAT = (
+    "{" + ",".join(f"{encode_basestring_ascii(key)}:%s" for key in sorted(_RECORD_FIELDS)) + "}"
 )
 
 
 def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
     """``canonical(_body(event, seq, prev, {}))``, or None if a value is not plain."""
     enc = _PLAIN_JSON
-    parts: list[str] = []
-    append = parts.append
     try:
-        for prefix, value in zip(_KEY_PREFIXES, _IN_SORTED_ORDER((*event, seq, prev)), strict=True):
-            append(prefix)
-            append(enc[type(value)](value))
+        texts = tuple([enc[type(value)](value) for value in _IN_SORTED_ORDER((*event, seq, prev))])
     except KeyError:  # a value whose exact type _PLAIN_JSON does not know
         return None
-    append("}")
-    return "".join(parts).encode("ascii")
+    return (_BODY_FORMAT % texts).encode("ascii")
 
 
 def format_head(head: AuditHead) -> str:
