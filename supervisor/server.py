@@ -55,7 +55,6 @@ _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
 _SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _SEND_LAST = int(zmq.NOBLOCK)
 _RECV = int(zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 #: Trace ids are this process's random prefix and a counter: unique within a
@@ -345,13 +344,15 @@ class Server:
     def _receive(self) -> tuple[list[bytes], str]:
         """One message's frames, and the User-Id its connection was given at
         the handshake (libzmq puts the metadata on every frame of a message,
-        the routing id the ROUTER prepends included). One frame is taken as a
-        Frame for that; the rest as bytes, which is cheaper."""
-        socket = self._socket
-        first = socket.recv(_RECV, copy=False)
-        frames = [first.bytes]
-        while socket.getsockopt(_RCVMORE):
-            frames.append(socket.recv(_RECV))
+        the routing id the ROUTER prepends included). Frames are taken as
+        Frame objects, whose ``more`` flag is cheaper to read than
+        ``getsockopt(RCVMORE)`` (which builds an enum on every call)."""
+        recv = self._socket.recv
+        first = frame = recv(_RECV, copy=False)
+        frames = [frame.bytes]
+        while frame.more:
+            frame = recv(_RECV, copy=False)
+            frames.append(frame.bytes)
         return frames, str(first.get("User-Id") or "")
 
     def _handle(self, raw: list[bytes], user: str) -> None:
