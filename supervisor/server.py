@@ -363,7 +363,7 @@ class Server:
             admitted = self._admit(raw, envelope, user)
             if admitted is not None:
                 peer, request, args = admitted
-                op = request.op.value
+                op = request.op  # a StrEnum: the wire name, without .value
                 self._execute(envelope, peer, request, args)
         except Exception as error:  # a bug must not take the supervisor down
             self._internal_error(envelope, None, new_trace_id(), error)
