@@ -112,7 +112,10 @@ class Server:
         self._on_idle = on_idle
         self._context = zmq.Context()
         # The ZAP handler must exist before the first connection is accepted.
-        self._zap = self._context.socket(zmq.REP)
+        # It is the context's first socket, so libzmq starts its I/O thread
+        # now, and the thread takes this one's scheduling policy.
+        with _io_thread_policy():
+            self._zap = self._context.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind("inproc://zeromq.zap.01")
         self._socket = self._context.socket(zmq.ROUTER)
@@ -615,6 +618,35 @@ class Server:
         self._context.term()
         self._signals_r.close()
         self._signals_w.close()
+
+
+@contextlib.contextmanager
+def _io_thread_policy() -> Iterator[None]:
+    """Start libzmq's I/O thread under ``SCHED_BATCH``.
+
+    That thread only carries bytes between the sockets and the loop, and it
+    wakes for every message in and out. Under the default policy each of
+    those wakeups preempts whatever runs, most often the loop doing the
+    security work; under ``SCHED_BATCH`` (same priority, no wakeup
+    preemption) it runs when a CPU comes free instead. On the two-core
+    benchmark machine with 8 agents that raised validations per second by
+    about 12% and lowered p50, p95 and p99 latency (docs/performance.md).
+    Threads inherit the policy of the thread that creates them, so this
+    thread takes it for the moment libzmq starts its threads, and gives it
+    back. Where the policy cannot be changed, or the operator chose another
+    than the default for the supervisor, nothing is."""
+    switched = False
+    try:
+        if os.sched_getscheduler(0) == os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+            switched = True
+    except (OSError, AttributeError):  # a sandbox refuses it, or not Linux
+        pass
+    try:
+        yield
+    finally:
+        if switched:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _identity(user: str) -> tuple[str, int | None]:

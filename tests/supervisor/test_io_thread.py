@@ -1,0 +1,72 @@
+"""libzmq's I/O thread runs under SCHED_BATCH; the loop keeps its policy."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from capsup.supervisor.config import parse_config
+from capsup.supervisor.runtime import Runtime, RuntimeOptions
+from capsup.supervisor.server import _io_thread_policy
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling only")
+
+
+def thread_policies() -> dict[int, tuple[str, int]]:
+    """Every thread of this process: tid -> (name, scheduling policy)."""
+    found = {}
+    for tid in os.listdir("/proc/self/task"):
+        name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        found[int(tid)] = (name, os.sched_getscheduler(int(tid)))
+    return found
+
+
+def test_the_supervisors_io_thread_is_batch_scheduled(tmp_path: Path) -> None:
+    before = thread_policies()
+    runtime = Runtime(
+        parse_config({}, source="<test>"),
+        RuntimeOptions(endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(tmp_path / "a")),
+    )
+    try:
+        started = {tid: got for tid, got in thread_policies().items() if tid not in before}
+        io_threads = [policy for name, policy in started.values() if name.startswith("ZMQbg/IO")]
+        assert io_threads == [os.SCHED_BATCH]
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's own, given back
+    finally:
+        runtime.close()
+
+
+def test_threads_started_under_the_policy_inherit_it_and_later_ones_do_not() -> None:
+    seen: dict[str, int] = {}
+
+    def note(label: str) -> None:
+        seen[label] = os.sched_getscheduler(0)
+
+    with _io_thread_policy():
+        inside = threading.Thread(target=note, args=("inside",))
+        inside.start()
+        inside.join()
+    after = threading.Thread(target=note, args=("after",))
+    after.start()
+    after.join()
+    assert seen == {"inside": os.SCHED_BATCH, "after": os.SCHED_OTHER}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_an_operators_policy_is_left_alone() -> None:
+    """Started under another policy (``chrt --idle``, say), nothing changes.
+    On a thread of its own: without privileges, SCHED_IDLE is for good."""
+    seen: list[int] = []
+
+    def under_idle() -> None:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        with _io_thread_policy():
+            seen.append(os.sched_getscheduler(0))
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=under_idle)
+    thread.start()
+    thread.join()
+    assert seen == [os.SCHED_IDLE, os.SCHED_IDLE]
