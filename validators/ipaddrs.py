@@ -102,7 +102,7 @@ def forbidden_reason(address: IPAddress) -> str | None:
 
     ``metadata_address`` for cloud metadata services; ``private_address`` for
     everything that is not a global unicast address (loopback, RFC 1918,
-    link-local, unique-local, carrier-grade NAT, multicast, reserved, and
+    link-local, site-local, unique-local, carrier-grade NAT, multicast, reserved, and
     translation prefixes we cannot see through).
     """
     if address in _METADATA:
@@ -112,7 +112,9 @@ def forbidden_reason(address: IPAddress) -> str | None:
         if inner is not None:
             reason = forbidden_reason(inner)
             return reason if reason is not None else _v6_prefix_reason(address)
-        if address in _NAT64_LOCAL or address in _TEREDO:
+        # Site-local (fec0::/10) is deprecated (RFC 3879) but still routed
+        # inside sites, and the ipaddress module calls it global.
+        if address in _NAT64_LOCAL or address in _TEREDO or address.is_site_local:
             return "private_address"
     elif address in _SHARED:
         return "private_address"

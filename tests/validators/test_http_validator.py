@@ -149,6 +149,8 @@ CASES: list[tuple[str, str, object, dict[str, Any], int | None, str]] = [
     (API, "GET", "http://100.64.0.1/", {}, None, "private_address"),
     (API, "GET", "http://[fe80::1]/", {}, None, "private_address"),
     (API, "GET", "http://[fc00::1]/", {}, None, "private_address"),
+    (API, "GET", "http://[fec0::1]/", {}, None, "private_address"),  # site-local
+    (API, "GET", "http://[feff:ffff::1]/", {}, None, "private_address"),
     (API, "GET", "http://224.0.0.1/", {}, None, "private_address"),
     (API, "GET", "http://255.255.255.255/", {}, None, "private_address"),
     (API, "GET", "http://localhost/", {}, None, "private_address"),
