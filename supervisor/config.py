@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling
+from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling, strict_table
 from capsup.validators import ValidatorRegistry, default_registry
 
 __all__ = ["Config", "ConfigError", "DatabaseConfig", "Settings", "load_config", "parse_config"]
@@ -94,11 +94,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
     spawnable: dict[str, frozenset[str]] = {}
     for name, entry in _table(data, "agents").items():
         where = f"agents.{name}"
-        if not isinstance(entry, Mapping):
-            raise PolicyError(f"{where}: must be a table")
-        extra = set(entry) - {"allow", "may_spawn"}
-        if extra:
-            raise PolicyError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        entry = strict_table(entry, where, {"allow", "may_spawn"})
         may_spawn = entry.get("may_spawn", [])
         if not isinstance(may_spawn, list) or not all(isinstance(n, str) for n in may_spawn):
             raise PolicyError(f"{where}.may_spawn: must be a list of agent names")
@@ -129,11 +125,7 @@ def _parse_databases(section: Mapping[str, Any]) -> dict[str, DatabaseConfig]:
     databases = {}
     for name, entry in section.items():
         where = f"databases.{name}"
-        if not isinstance(entry, Mapping):
-            raise PolicyError(f"{where}: must be a table")
-        extra = set(entry) - {"url", "dialect"}
-        if extra:
-            raise PolicyError(f"{where}: unknown key {sorted(extra)[0]!r}")
+        entry = strict_table(entry, where, {"url", "dialect"})
         url = entry.get("url")
         if not isinstance(url, str) or "://" not in url:
             raise PolicyError(f"{where}.url: required, a URL such as sqlite:///path/to.db")

@@ -9,6 +9,7 @@ a resource or a constraint fails the load instead of silently never matching.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from capsup.validators import (
     ValidatorRegistry,
 )
 
-__all__ = ["DEFAULT_TTL", "Ceiling", "Policy", "PolicyError", "parse_ceiling"]
+__all__ = ["DEFAULT_TTL", "Ceiling", "Policy", "PolicyError", "parse_ceiling", "strict_table"]
 
 #: Lifetime of a grant that names no ttl, unless its ceiling's max_ttl is shorter.
 DEFAULT_TTL = 3600.0
@@ -64,13 +65,21 @@ class Policy:
         return child in self.spawnable.get(parent, ())
 
 
-def parse_ceiling(raw: object, validators: ValidatorRegistry, where: str) -> Ceiling:
-    """One ``allow`` entry; ``where`` names it in errors (``agents.x.allow[0]``)."""
+def strict_table(raw: object, where: str, keys: AbstractSet[str]) -> Mapping[str, Any]:
+    """``raw`` as a config table holding only ``keys``; ``where`` names it in
+    errors. An unknown key is refused, not ignored: a misspelt constraint or
+    option must not silently mean "no limit"."""
     if not isinstance(raw, Mapping):
         raise PolicyError(f"{where}: must be a table, not {type(raw).__name__}")
-    unknown = set(raw) - _CEILING_KEYS
+    unknown = set(raw) - keys
     if unknown:
         raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    return raw
+
+
+def parse_ceiling(raw: object, validators: ValidatorRegistry, where: str) -> Ceiling:
+    """One ``allow`` entry; ``where`` names it in errors (``agents.x.allow[0]``)."""
+    raw = strict_table(raw, where, _CEILING_KEYS)
     resource = raw.get("resource")
     if not isinstance(resource, str):
         raise PolicyError(f"{where}.resource: required, a resource URI string")
