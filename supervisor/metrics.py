@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from capsup.agents.protocol import Op
 from capsup.supervisor.events import Event, EventType, ViolationKind
 from capsup.supervisor.metric_families import OTHER, CounterFamily, HistogramFamily, PlainCollector
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -62,19 +63,9 @@ LATENCY_BUCKETS = (
 #: Capabilities revoked by one revocation (the revoked one and its descendants).
 CASCADE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 
-#: The wire ops (docs/protocol.md); the server may pass its own table.
-DEFAULT_OPS = (
-    "whoami",
-    "request",
-    "validate",
-    "delegate",
-    "revoke",
-    "revoke_agent",
-    "list",
-    "request_plan",
-    "spawn",
-    "wait",
-)
+#: The wire ops (docs/protocol.md), taken from the protocol's own table so
+#: a new op is never counted as ``other``; the server may pass its own.
+DEFAULT_OPS: tuple[str, ...] = tuple(Op)
 
 #: How an agent process ended: ``exit`` (status 0), ``error`` (non-zero
 #: status), ``signal`` (killed by a signal it was not sent by capsup),
