@@ -98,22 +98,14 @@ def test_an_edited_record_with_a_recomputed_hash(trail: tuple[Trail, AuditHead])
     assert (result.broken_seq, result.reason) == (10, "edited")
 
 
-def test_a_deleted_record(trail: tuple[Trail, AuditHead]) -> None:
+@pytest.mark.parametrize("seq", [11, 1], ids=["inside", "first"])
+def test_a_deleted_record(trail: tuple[Trail, AuditHead], seq: int) -> None:
     t, head = trail
-    path, index = t.place(11)
+    path, index = t.place(seq)
     del t.lines[path][index]
     t.save()
     result = verify(t.files, head)
-    assert (result.ok, result.broken_seq, result.reason) == (False, 11, "deleted")
-
-
-def test_a_deleted_first_record(trail: tuple[Trail, AuditHead]) -> None:
-    t, head = trail
-    path, index = t.place(1)
-    del t.lines[path][index]
-    t.save()
-    result = verify(t.files, head)
-    assert (result.broken_seq, result.reason) == (1, "deleted")
+    assert (result.ok, result.broken_seq, result.reason) == (False, seq, "deleted")
 
 
 def test_two_swapped_records(trail: tuple[Trail, AuditHead]) -> None:
