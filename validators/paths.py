@@ -91,7 +91,8 @@ _DELETED = " (deleted)"
 
 def _resolve_existing(path: str) -> Resolved | None:
     """The kernel's own resolution of an existing ``path``, or None when it
-    cannot say (the walk then decides, and explains a failure)."""
+    cannot say (the walk then decides, and explains a failure). Raises
+    :class:`ResolveError` for a path through a magic link."""
     open_path = _openat2()
     if open_path is None or "\0" in path:
         return None
@@ -108,7 +109,14 @@ def _resolve_existing(path: str) -> Resolved | None:
     if fd_dir is None:
         return None
     fd = open_path(path, _NO_MAGIC_LINKS)
-    if fd < 0:  # a loop, or a magic link on the way
+    if fd == -errno.ELOOP:
+        # A symlink loop, or a magic link of any procfs mount, not only the
+        # one at /proc that the walk recognizes by its device. The walk names
+        # the loop, or the /proc link; whatever else it would answer, the
+        # kernel met a link it refuses to follow, so the path is refused.
+        resolve_by_walking(path)
+        raise ResolveError("magic_link", f"{path[:200]!r} goes through a /proc link")
+    if fd < 0:  # missing since the first open, or not searchable: the walk explains
         return None
     try:
         named = os.readlink(str(fd), dir_fd=fd_dir)

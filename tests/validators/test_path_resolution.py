@@ -265,3 +265,30 @@ def test_without_openat2_every_path_is_walked(
     with pytest.raises(ResolveError) as caught:
         resolve(str(root / "via_proc" / "real"))
     assert caught.value.reason == "magic_link"
+
+
+def test_a_magic_link_the_walk_cannot_recognize_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk knows procfs by the device of /proc, but every procfs mount
+    has a device of its own (a container's /proc under the root, say). Its
+    links are then read as text: ``fd/N`` of a pipe names a missing file
+    inside the root, fine to create. The kernel refuses to follow the link,
+    and that refusal stands."""
+    monkeypatch.setattr(paths, "_procfs_dev", lambda: None)  # as for a second procfs
+    root = Path(os.path.realpath(tmp_path))
+    (root / "proc").symlink_to("/proc")
+    read_end, write_end = os.pipe()
+    try:
+        via_fd = root / "proc" / "self" / "fd" / str(write_end)
+        assert resolve_by_walking(str(via_fd)).exists is False  # read as text
+        with pytest.raises(ResolveError) as caught:
+            resolve(str(via_fd))
+        assert caught.value.reason == "magic_link"
+        validator = FilesystemValidator()
+        resource = validator.canonical_resource(root.as_uri())
+        write = validator.check(resource, {}, Use("write", str(via_fd), size=1))
+        assert (write.allowed, write.reason) == (False, "magic_link")
+    finally:
+        os.close(read_end)
+        os.close(write_end)
