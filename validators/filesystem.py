@@ -40,6 +40,7 @@ from capsup.validators.paths import (
     ResolveError,
     glob_matches,
     is_within,
+    lexically_normal,
     normalize_glob,
     rebase_glob,
     resolve,
@@ -194,7 +195,7 @@ class FilesystemValidator(SchemeValidator):
         path = parse_target(use.target)
         resolved = resolve(path)
         if not is_within(resolved.path, root):
-            lexical = os.path.normpath(path)
+            lexical = lexically_normal(path)
             if is_within(lexical, root):
                 return deny("symlink_escape", "a symlink leads outside the resource")
             return deny("outside_resource", "the path is outside the resource")
@@ -217,7 +218,8 @@ def _check_globs(patterns: list[str], root: str, path: str, resolved: str) -> De
     Both spellings are checked so that neither a symlink to a denied file nor
     a symlink named like a denied file gets around the glob.
     """
-    for candidate in (resolved, os.path.normpath(path)):
+    named = lexically_normal(path)
+    for candidate in (resolved,) if named == resolved else (resolved, named):
         if not is_within(candidate, root):
             continue
         relative = candidate[len(root) :].lstrip("/")

@@ -48,6 +48,7 @@ __all__ = [
     "Resolved",
     "glob_matches",
     "is_within",
+    "lexically_normal",
     "normalize_glob",
     "rebase_glob",
     "resolve",
@@ -102,7 +103,7 @@ def _resolve_existing(path: str) -> Resolved | None:
     fd = open_path(path, _NO_SYMLINKS)
     if fd >= 0:
         os.close(fd)
-        return Resolved(_lexically_normal(path), True)
+        return Resolved(lexically_normal(path), True)
     if fd != -errno.ELOOP:  # missing, or not searchable: the walk explains
         return None
     fd_dir = _own_fd_dir()
@@ -131,7 +132,7 @@ def _resolve_existing(path: str) -> Resolved | None:
     return Resolved(named, True)
 
 
-def _lexically_normal(path: str) -> str:
+def lexically_normal(path: str) -> str:
     """``path`` without empty, ``.`` and ``..`` segments (``//`` is ``/`` on
     Linux, unlike :func:`os.path.normpath`'s POSIX reading)."""
     if "//" not in path and "/." not in path and (path == "/" or not path.endswith("/")):

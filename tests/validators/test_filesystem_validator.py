@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +208,19 @@ def test_canonical_resource_rejects(uri: str) -> None:
 def test_canonical_resource_rejects_loops(workspace: Workspace) -> None:
     with pytest.raises(ResourceError):
         FS.canonical_resource(f"file://{workspace.ws}/loop_a")
+
+
+@pytest.mark.parametrize("spelling", ["/{link}", "//{link}", "file:///{link}", "file:////{link}"])
+def test_a_link_named_like_a_denied_file_is_denied_however_spelled(
+    tmp_path: Path, spelling: str
+) -> None:
+    """Deleting a link removes the link itself, so its own name is what the
+    glob must see. POSIX lets ``//`` at the start mean something else, and
+    os.path.normpath keeps it; Linux does not, and neither may the check."""
+    ws = Path(os.path.realpath(tmp_path))
+    (ws / "pub.txt").write_text("x")
+    (ws / "secret.key").symlink_to("pub.txt")
+    resource = FS.canonical_resource(ws.as_uri())
+    target = spelling.format(link=str(ws / "secret.key").lstrip("/"))
+    decision = FS.check(resource, {"deny": ["*.key"]}, Use("delete", target))
+    assert (decision.allowed, decision.reason) == (False, "denied_by_glob")
