@@ -259,9 +259,12 @@ class _Walker:
     def _fold(self, identifier: exp.Expr) -> str:
         """An identifier as the database compares it, lower-cased where that is exact.
 
-        Where a quoted identifier keeps its case (PostgreSQL, Snowflake,
-        MySQL), ``"Users"`` stays ``Users`` and so never equals a lower-case
-        ``tables`` entry: the mismatch can only deny.
+        ``tables`` entries are unquoted names, folded to lower case, so they
+        can only name what an unquoted name names. A quoted identifier that
+        differs from its own unquoted reading (``"Users"`` in PostgreSQL,
+        ``"users"`` in Snowflake or Oracle, which fold unquoted names to upper
+        case) is another table: it keeps its quotes, which no entry has, so
+        it can only be denied.
         """
         if not isinstance(identifier, exp.Identifier):
             return identifier.name.lower()
@@ -274,7 +277,7 @@ class _Walker:
         unquoted_form = (
             text.upper() if strategy is NormalizationStrategy.UPPERCASE else text.lower()
         )
-        return text.lower() if text == unquoted_form else text
+        return text.lower() if text == unquoted_form else f'"{text}"'
 
     def _check_function(self, func: exp.Func) -> None:
         if isinstance(func, exp.Anonymous):

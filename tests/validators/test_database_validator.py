@@ -8,12 +8,15 @@ import pytest
 from capsup.validators import DatabaseValidator, ResourceError, Use
 from capsup.validators.sql_scope import analyze
 
-DB = DatabaseValidator({"main": "sqlite", "pg": "postgres", "other": "sqlite", "ts": "tsql"})
+DB = DatabaseValidator(
+    {"main": "sqlite", "pg": "postgres", "other": "sqlite", "ts": "tsql", "sf": "snowflake"}
+)
 ALLOW = "allow"
 T = {"tables": ["orders", "users"]}
 MAIN = "db://main"
 PG = "db://pg"
 TS = "db://ts"
+SF = "db://sf"  # folds unquoted names to upper case
 
 # (database, operation, sql, constraints, expected decision or reason)
 CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
@@ -175,6 +178,9 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
     (MAIN, "select", "SELECT * FROM sqlite_master", T, "table_not_allowed"),
     (MAIN, "select", "SELECT * FROM users", {"tables": []}, "table_not_allowed"),
     (PG, "select", 'SELECT * FROM "Users"', T, "table_not_allowed"),
+    (SF, "select", "SELECT * FROM users", T, ALLOW),
+    (SF, "select", 'SELECT * FROM "USERS"', T, ALLOW),  # what users means there
+    (SF, "select", 'SELECT * FROM "users"', T, "table_not_allowed"),  # another table
     (PG, "select", "SELECT * FROM pg_catalog.pg_shadow", T, "table_not_allowed"),
     (MAIN, "select", 'SELECT * FROM "a.b"', {}, "bad_table_name"),
     (MAIN, "select", 'SELECT * FROM "a\x1b[2Jb"', {}, "bad_table_name"),
@@ -294,7 +300,7 @@ CASES: list[tuple[str, str, object, dict[str, Any], str]] = [
 def test_corpus(
     target: str, operation: str, sql: object, constraints: dict[str, Any], expected: str
 ) -> None:
-    resource = target if target in (PG, TS) else MAIN
+    resource = target if target in (PG, TS, SF) else MAIN
     normalized = DB.normalize_constraints(constraints)
     use = Use(operation, target, statement=sql)  # type: ignore[arg-type]
     decision = DB.check(resource, normalized, use)
