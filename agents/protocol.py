@@ -421,8 +421,7 @@ _T = TypeVar("_T")
 
 
 class _Fields:
-    """Takes fields out of an args map one by one (each key once), then refuses
-    any left over.
+    """Takes fields out of an args map one by one, then refuses any left over.
 
     ``where`` prefixes every message (``args``, ``args.requests[3]``) so the
     client learns exactly which field is wrong.
@@ -434,31 +433,24 @@ class _Fields:
             raise BadRequest(f"{where} must be a map, not {_wire_type(args)}")
         self._args: Mapping[str, Any] = args
         self._where = where
-        self._taken: list[str] = []
-        self._present = 0  # how many of the taken keys the map has
+        self._taken: set[str] = set()
 
     def required(self, key: str, check: Callable[[object, str], _T]) -> _T:
-        self._taken.append(key)
+        self._taken.add(key)
         if key not in self._args:
             raise BadRequest(f"{self._where}.{key} is required")
-        self._present += 1
         return check(self._args[key], f"{self._where}.{key}")
 
     def optional(self, key: str, check: Callable[[object, str], _T]) -> _T | None:
         """The checked value, or ``None`` when the field is absent or nil."""
-        self._taken.append(key)
-        if key not in self._args:
-            return None
-        self._present += 1
-        value = self._args[key]
+        self._taken.add(key)
+        value = self._args.get(key)
         return None if value is None else check(value, f"{self._where}.{key}")
 
     def done(self) -> None:
-        # Every key of the map was taken iff as many were present as it has.
-        if len(self._args) == self._present:
-            return
-        unknown = self._args.keys() - set(self._taken)
-        raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown, key=str))}")
+        unknown = self._args.keys() - self._taken
+        if unknown:
+            raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown))}")
 
 
 def _text(max_length: int) -> Callable[[object, str], str]:
