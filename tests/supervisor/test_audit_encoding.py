@@ -1,8 +1,7 @@
 """The audit trail's fast record encoder writes exactly the canonical bytes.
 
-``seal_line`` has a hand-written encoder for events whose values are plain,
-because the definition (``canonical(_body(...))``) costs a third of a
-validation. A single differing byte would make ``capsup audit verify`` report
+``seal_line`` writes events whose values are plain with orjson, because the
+definition (``canonical(_body(...))``) costs a fifth of a validation. A single differing byte would make ``capsup audit verify`` report
 tampering on an honest trail, so the two are compared on arbitrary events,
 hostile values included, and a record from each path is verified.
 """
@@ -133,6 +132,24 @@ def test_a_value_that_is_not_plain_takes_the_definition() -> None:
     assert _fast_canonical_body(validated_event(pid=Level.HIGH), 1, GENESIS) is None
     assert _fast_canonical_body(validated_event(detail={"ids": ["a"]}), 1, GENESIS) is None
     assert _fast_canonical_body(validated_event(detail={1: "x"}), 1, GENESIS) is None
+
+
+def test_values_orjson_writes_otherwise_take_the_definition() -> None:
+    # orjson writes NaN as null and 1e-05 as 0.00001; canonical() writes
+    # "nan" and 1e-05. Both would read back as a different record.
+    for odd in (float("nan"), float("inf"), 1e-05, -3.5e-07):
+        assert _fast_canonical_body(validated_event(detail={"x": odd}), 1, GENESIS) is None
+    assert _fast_canonical_body(validated_event(pid=2**70), 1, GENESIS) is None
+
+
+def test_text_is_escaped_as_json_escapes_it() -> None:
+    # orjson writes UTF-8 and a raw DEL; the canonical form escapes both.
+    target = "file:///srv/ws/\x7f\u00e9\U0001f600\u2028\x00.txt"
+    event = validated_event(detail={"holder": "researcher-5f0c2a", "target": target})
+    fast = _fast_canonical_body(event, 3, GENESIS)
+    assert fast is not None
+    assert fast == canonical(_body(event, 3, GENESIS, {}))
+    assert b"\\u007f\\u00e9\\ud83d\\ude00\\u2028\\u0000" in fast
 
 
 def test_records_from_both_paths_verify_in_one_trail(tmp_path: Path) -> None:
