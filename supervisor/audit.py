@@ -100,7 +100,10 @@ class AuditLog:
     ``flush_every`` and ``flush_interval`` bound how many successful
     validations, and for how long, may wait in memory; the server calls
     :meth:`flush_if_due` (or :meth:`flush`) from its loop so an idle
-    supervisor writes them too. ``sample_rate`` (0..1] applies to successful
+    supervisor writes them too. They are sealed as a batch when written, so
+    the request that fills the batch waits for all of it: 64 keeps that
+    under about 0.3 ms (256 added 0.5 ms to the benchmark's p99 latency and
+    nothing to its throughput). ``sample_rate`` (0..1] applies to successful
     validations only. ``known_head`` is the head the state store kept; if the
     file does not reach it, opening raises :class:`AuditTampered`. ``keep``
     bounds the rotated files kept (None keeps them all, so the chain can be
@@ -114,7 +117,7 @@ class AuditLog:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int | None = None,
-        flush_every: int = 256,
+        flush_every: int = 64,
         flush_interval: float = 1.0,
         sample_rate: float = 1.0,
         fsync: bool = False,

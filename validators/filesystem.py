@@ -98,6 +98,8 @@ def _decode_uri_path(uri: str) -> str:
         raise TargetError("bad_target", "a file URI must have an empty host: file:///path")
     if "?" in rest or "#" in rest:
         raise TargetError("bad_target", "a file URI may not have a query or fragment")
+    if "%" not in rest:  # nothing to decode (parse_target checked the whole URI)
+        return rest
     if _BAD_ESCAPE.search(rest):
         raise TargetError("bad_encoding", "malformed percent-encoding")
     try:
