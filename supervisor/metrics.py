@@ -189,8 +189,6 @@ class Metrics:
         elif kind == EventType.SECURITY_VIOLATION:
             violation = event.detail.get("kind")
             self._violations.inc(violation if isinstance(violation, str) else OTHER)
-        elif kind == EventType.AGENT_STARTED:
-            self.agent_started()
         elif kind == EventType.AGENT_TERMINATED:
             self.agent_exited(str(event.detail.get("reason", OTHER)))
         cascade = event.detail.get("cascade_size")
@@ -214,12 +212,14 @@ class Metrics:
         so it can never drift from the kernel's own number."""
         self._live.set_function(source)
 
-    def agent_started(self) -> None:
-        self._running.inc()
+    def running_agents_from(self, source: Callable[[], float]) -> None:
+        """Read the number of running agents at scrape time from the process
+        table, not from events: an agent whose start could not be recorded
+        still runs until it is reaped, and must not make the gauge drift."""
+        self._running.set_function(source)
 
     def agent_exited(self, reason: str) -> None:
         """An agent ended; ``reason`` is one of :data:`EXIT_REASONS`."""
-        self._running.dec()
         self._exits.inc(reason)
 
     def observe_revocation_cascade(self, size: int) -> None:

@@ -26,6 +26,20 @@ __all__ = ["AgentProcess", "ProcessTable", "exit_status", "new_agent_id"]
 #: How many ancestors to walk from a connecting process to its agent.
 _MAX_ANCESTRY = 32
 
+#: Signals the kernel sends a process for a fault of its own (or that it
+#: raises on itself, as abort() does): an agent that dies of one crashed.
+_FAULT_SIGNALS = frozenset(
+    {
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGILL,
+        signal.SIGFPE,
+        signal.SIGABRT,
+        signal.SIGSYS,
+        signal.SIGTRAP,
+    }
+)
+
 
 @dataclass(eq=False)
 class AgentProcess:
@@ -42,6 +56,8 @@ class AgentProcess:
     children: set[str] = field(default_factory=set)
     returncode: int | None = None
     kill_at: float | None = None
+    #: Signals capsup sent it (forwarded, or to stop it).
+    signals_sent: set[int] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -50,6 +66,21 @@ class AgentProcess:
     @property
     def running(self) -> bool:
         return self.returncode is None
+
+    @property
+    def exit_reason(self) -> str:
+        """How it ended, for the audit and the ``capsup_agent_exits_total``
+        label: ``exit`` (status 0), ``error`` (another status), ``killed`` (by
+        a signal capsup sent), ``crash`` (a fault signal), ``signal`` (any
+        other signal), or ``other`` while it still runs."""
+        if self.returncode is None:
+            return "other"
+        if self.returncode >= 0:
+            return "exit" if self.returncode == 0 else "error"
+        signum = -self.returncode
+        if signum in self.signals_sent:
+            return "killed"
+        return "crash" if signum in _FAULT_SIGNALS else "signal"
 
 
 def new_agent_id(name: str) -> str:
@@ -70,6 +101,9 @@ class ProcessTable:
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
+        #: Agents spawned and not yet reaped: a plain int, so the metrics
+        #: thread can read it while the loop changes the table.
+        self.running_count = 0
 
     def __iter__(self) -> Iterator[AgentProcess]:
         return iter(list(self._by_id.values()))
@@ -134,6 +168,7 @@ class ProcessTable:
         self._by_id[agent_id] = agent
         self._by_pidfd[pidfd] = agent
         self._by_key[(popen.pid, create_time)] = agent
+        self.running_count += 1
         if parent is not None and parent in self._by_id:
             self._by_id[parent].children.add(agent_id)
         return agent
@@ -157,6 +192,7 @@ class ProcessTable:
         """Collect an exited agent's return code and forget its pidfd."""
         if agent.returncode is None:
             agent.returncode = agent.popen.wait()
+            self.running_count -= 1
             self._by_pidfd.pop(agent.pidfd, None)
             self._by_key.pop((agent.pid, agent.create_time), None)
             os.close(agent.pidfd)
@@ -174,6 +210,7 @@ class ProcessTable:
         if agent.running:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(agent.pidfd, signum)
+                agent.signals_sent.add(signum)
 
     def stop(self, agent: AgentProcess, now: float, grace: float) -> None:
         """SIGTERM now, SIGKILL at ``now + grace`` if still running."""

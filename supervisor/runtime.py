@@ -103,6 +103,7 @@ class Runtime:
             on_idle=self.audit.flush_if_due,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
+        self.metrics.running_agents_from(lambda: self.server.processes.running_count)
         self.metrics_server: MetricsServer | None = None
         if options.metrics:
             try:

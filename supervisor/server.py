@@ -245,7 +245,7 @@ class Server:
                 detail={
                     "name": agent.name,
                     "exit_code": returncode,
-                    "reason": _exit_reason(returncode),
+                    "reason": agent.exit_reason,
                     "revoked": len(revoked),
                 },
             )
@@ -665,14 +665,6 @@ def _peer_pid(address: str) -> int | None:
         return None
     uid, pid = int(parts[1]), int(parts[3])
     return pid if uid == os.getuid() and pid > 0 else None
-
-
-def _exit_reason(returncode: int) -> str:
-    if returncode == 0:
-        return "exit"
-    if returncode == -signal.SIGKILL:
-        return "killed"
-    return "signal" if returncode < 0 else "error"
 
 
 def exit_code_of(agent: AgentProcess) -> int:

@@ -74,6 +74,40 @@ def test_exit_codes_pass_through(tmp_path: Path) -> None:
     assert capsup_run(tmp_path, agent).code == 128 + signal.SIGTERM
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("pass", "exit"),
+        ("import sys; sys.exit(3)", "error"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "crash"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGUSR1)", "signal"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "signal"),
+    ],
+)
+def test_the_exit_record_says_how_the_agent_ended(tmp_path: Path, body: str, reason: str) -> None:
+    outcome = capsup_run(tmp_path, write_agent(tmp_path, "agent", body))
+    (ended,) = [r for r in outcome.audit if r["event"] == "agent_terminated"]
+    assert ended["detail"]["reason"] == reason
+
+
+def test_an_agent_capsup_signalled_to_death_was_killed(tmp_path: Path) -> None:
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import time
+        open("{tmp_path}/ready", "w").close()
+        time.sleep(60)
+    """,
+    )
+    proc = start_capsup(tmp_path, agent)
+    wait_for(tmp_path / "ready")
+    proc.send_signal(signal.SIGTERM)  # forwarded: capsup sends it on
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    (ended,) = [r for r in read_audit(tmp_path / "audit.jsonl") if r["event"] == "agent_terminated"]
+    assert ended["detail"]["reason"] == "killed"
+
+
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*CAPSUP, "run", str(tmp_path / "missing.py")], capture_output=True, text=True, timeout=30

@@ -46,8 +46,7 @@ def busy_metrics() -> Metrics:
     m.observe_request("drop_tables", 0.5)
     m.observe_validation(15e-6)
     m.set_live_capabilities(7)
-    m.agent_started()
-    m.agent_started()
+    m.running_agents_from(lambda: 2)
     m.agent_exited("exit")
     m.agent_exited("eaten_by_a_grue")
     m.observe_revocation_cascade(4)
@@ -70,7 +69,7 @@ def test_events_and_calls_update_the_metrics() -> None:
     assert value(m, "capsup_request_duration_seconds_count", op="other") == 1
     assert value(m, "capsup_validation_duration_seconds_bucket", le="2.5e-05") == 1
     assert value(m, "capsup_live_capabilities") == 7
-    assert value(m, "capsup_running_agents") == 0
+    assert value(m, "capsup_running_agents") == 2
     assert value(m, "capsup_agent_exits_total", reason="exit") == 1
     assert value(m, "capsup_agent_exits_total", reason="other") == 1
     assert value(m, "capsup_revocation_cascade_size_sum") == 4
