@@ -55,7 +55,7 @@ from capsup.supervisor.policy import Ceiling, Policy
 from capsup.supervisor.principal import Principal
 from capsup.supervisor.ratelimit import TokenBucket, spend_all
 from capsup.supervisor.store import EndState, Store, Tombstone
-from capsup.validators import OperationError, Use, ValidatorRegistry
+from capsup.validators import Decision, Use, ValidatorRegistry, validator_failed
 
 __all__ = ["CapabilityRequest", "Delegation", "Kernel"]
 
@@ -282,7 +282,7 @@ class Kernel:
         cap = self._usable(principal, capability_id, use.operation, now, trace_id, failed)
         if use.operation not in cap.operations:
             use = self._canonical_use(cap, use, now, trace_id, principal)
-        decision = self._validators.for_uri(cap.resource).check(cap.resource, cap.constraints, use)
+        decision = self._decide(cap, use)
         if not decision.allowed:
             error = ConstraintViolationError(
                 decision.detail or decision.reason, reason=decision.reason
@@ -321,6 +321,15 @@ class Kernel:
             )
         return cap
 
+    def _decide(self, cap: Capability, use: Use) -> Decision:
+        """The scheme validator's verdict. ``check`` must not raise, but a
+        validator is code the kernel does not control: one that raises
+        anyway denies, and the denial is recorded like any other."""
+        try:
+            return self._validators.for_uri(cap.resource).check(cap.resource, cap.constraints, use)
+        except Exception as error:
+            return validator_failed(error)
+
     def _canonical_use(
         self, cap: Capability, use: Use, now: float, trace_id: str, principal: Principal
     ) -> Use:
@@ -329,7 +338,7 @@ class Kernel:
             (operation,) = self._validators.for_uri(cap.resource).normalize_operations(
                 [use.operation]
             )
-        except (OperationError, ValueError):
+        except Exception:  # not an operation of the scheme, or a broken validator
             operation = None
         if operation is None or operation not in cap.operations:
             error = OperationNotAllowed(

@@ -14,6 +14,7 @@ from capsup.validators.base import (
     ValidatorRegistry,
     deny,
     scheme_of,
+    validator_failed,
 )
 from capsup.validators.database import DatabaseValidator
 from capsup.validators.filesystem import FilesystemValidator
@@ -35,6 +36,7 @@ __all__ = [
     "default_registry",
     "deny",
     "scheme_of",
+    "validator_failed",
 ]
 
 

@@ -19,7 +19,7 @@ from capsup.validators._common import (
     normalize_keys,
     normalize_operation_names,
 )
-from capsup.validators.base import Decision, Refusal, Use, Validator, deny
+from capsup.validators.base import Decision, Refusal, Use, Validator, deny, validator_failed
 
 __all__ = ["SchemeValidator"]
 
@@ -53,7 +53,7 @@ class SchemeValidator(Validator):
         except Refusal as refusal:
             return deny(refusal.reason, str(refusal))
         except Exception as error:  # fail closed on anything unforeseen
-            return deny("validator_error", f"{type(error).__name__}: {error}")
+            return validator_failed(error)
 
     @abstractmethod
     def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:

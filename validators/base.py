@@ -85,6 +85,12 @@ def deny(reason: str, detail: str = "") -> Decision:
     return Decision(False, reason, detail)
 
 
+def validator_failed(error: Exception) -> Decision:
+    """The verdict on a validator that raised instead of deciding: a denial
+    (``validator_error``), so that a bug in a check can only ever refuse."""
+    return deny("validator_error", f"{type(error).__name__}: {error}")
+
+
 @dataclass(frozen=True, slots=True)
 class Use:
     """One concrete use of a capability that the kernel asks a validator about.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import pytest
 from capsup.agents import errors
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
 from capsup.supervisor.store import Store
-from capsup.validators import Use
+from capsup.validators import Decision, FilesystemValidator, Use, ValidatorRegistry
 from kernel_world import T0, World
 
 
@@ -110,3 +113,42 @@ def test_one_holder_cannot_mint_without_bound(world: World) -> None:
         kernel.delegate(world.alice, caps[0].id, Delegation(world.alice.id), now=T0, trace_id="d")
     kernel.revoke(world.alice, caps[0].id, now=T0, trace_id="r")
     kernel.request(world.alice, request, now=T0, trace_id="g")
+
+
+class BrokenFiles(FilesystemValidator):
+    """A validator with a bug: its check raises instead of deciding, and so
+    does its operation spelling for anything it was not built for."""
+
+    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
+        raise RuntimeError("bug in a validator")
+
+    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
+        names = list(operations)
+        if names != ["read"]:
+            raise KeyError(names)
+        return frozenset({"read"})
+
+
+def test_a_validator_that_raises_denies_and_is_recorded(world: World) -> None:
+    kernel = Kernel(
+        store=Store(":memory:"),
+        policy=world.config.policy,
+        validators=ValidatorRegistry([BrokenFiles()]),
+        sink=world.recorder,
+    )
+    kernel.start(now=T0, trace_id="s")
+    kernel.register_principal(world.alice)
+    cap = kernel.request(
+        world.alice, CapabilityRequest(f"file://{world.root}/data", ["read"]), now=T0, trace_id="g"
+    )
+    target = f"file://{world.root}/data/notes.txt"
+    with pytest.raises(errors.ConstraintViolation) as raised:
+        kernel.validate(world.alice, cap.id, Use("read", target), now=T0, trace_id="v1")
+    assert raised.value.reason == "validator_error"
+    with pytest.raises(errors.OperationNotAllowed):
+        kernel.validate(world.alice, cap.id, Use("READ", target), now=T0, trace_id="v2")
+    failed = world.recorder.of(EventType.CAPABILITY_VALIDATION_FAILED)
+    assert [e.trace_id for e in failed] == ["v1", "v2"]
+    (violation,) = world.recorder.of(EventType.CONSTRAINT_VIOLATION)
+    assert violation.reason == "validator_error"
+    assert not world.recorder.of(EventType.CAPABILITY_VALIDATED)
