@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -22,6 +23,8 @@ import psutil
 from capsup.agents.errors import SpawnFailed
 
 __all__ = ["AgentProcess", "ProcessTable", "exit_status", "new_agent_id"]
+
+_NOT_IN_IDS = re.compile(r"[^A-Za-z0-9._-]")
 
 #: How many ancestors to walk from a connecting process to its agent.
 _MAX_ANCESTRY = 32
@@ -84,8 +87,14 @@ class AgentProcess:
 
 
 def new_agent_id(name: str) -> str:
-    """A fresh agent id: readable, and 128 random bits so that no two collide."""
-    return f"agent-{name[:32]}-{secrets.token_hex(16)}"
+    """A fresh agent id: readable, and 128 random bits so that no two collide.
+
+    The readable part is the name with anything but ``A-Z a-z 0-9 . _ -``
+    made ``_`` (a sub-agent's name may come from any ``argv[0]``), so an id
+    is one plain token wherever it goes: the connection's User-Id, the
+    audit trail, a terminal."""
+    readable = _NOT_IN_IDS.sub("_", name[:32]) or "agent"
+    return f"agent-{readable}-{secrets.token_hex(16)}"
 
 
 def exit_status(returncode: int) -> int:

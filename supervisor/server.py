@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 from capsup.agents import protocol as p
@@ -430,7 +430,7 @@ class Server:
         except CapsupError as error:
             self._send(envelope, p.error_reply(request.id, error, trace_id))
         except Exception as error:  # a bug must not take the supervisor down
-            self._internal_error(envelope, request.id, trace_id, error)
+            self._internal_error(envelope, request.id, trace_id, error, peer, request.op)
 
     def _kernel_op(self, principal: Principal, args: p.OpArgs, trace_id: str) -> dict[str, Any]:
         """Dispatch to the kernel; a ``validate`` is timed for the metrics,
@@ -450,8 +450,20 @@ class Server:
         request_id: p.RequestId | None,
         trace_id: str,
         error: Exception,
+        peer: _Peer | None = None,
+        op: str | None = None,
     ) -> None:
+        """Answer a request that a bug in capsup stopped: refused, said on
+        stderr (for whoever runs capsup) and recorded where the trail works.
+        The reply names only the exception's type: the peer is not told
+        capsup's internals."""
         internal = InternalError(f"internal error: {type(error).__name__}")
+        print(
+            f"capsup: internal error (trace {trace_id}): {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(Exception):  # nothing is left to tell if this fails
+            self._emit(_refusal_event(internal, peer, op, trace_id))
         self._send(envelope, p.error_reply(request_id, internal, trace_id))
 
     def _answer_zap(self) -> None:
@@ -504,7 +516,7 @@ class Server:
         if isinstance(args, p.WaitArgs):
             child = self.processes.get(args.agent)
             if child is None:
-                raise UnknownAgent(f"no agent {args.agent[:64]!r}")
+                self._refuse(UnknownAgent(f"no agent {args.agent[:64]!r}"), peer, "wait", trace_id)
             if child.parent != peer.agent.agent_id:
                 error = NotAuthorized("an agent may wait only for the sub-agents it spawned")
                 self._violation(
@@ -519,7 +531,8 @@ class Server:
                 return {"exit_code": child.returncode}
             waiting = self._waiters.setdefault(child.agent_id, [])
             if len(waiting) >= _MAX_WAITERS:
-                raise NotAuthorized(f"more than {_MAX_WAITERS} waits on one agent")
+                error = NotAuthorized(f"more than {_MAX_WAITERS} waits on one agent")
+                self._refuse(error, peer, "wait", trace_id)
             deadline = None if args.timeout is None else time.time() + args.timeout
             waiting.append(_Waiter(envelope, request_id, trace_id, deadline))
             return None
@@ -551,23 +564,31 @@ class Server:
                         peer.principal, grant.capability, delegation, now=now, trace_id=trace_id
                     )
                 )
-            child = self.start_agent(
-                args.argv,
-                name=name,
-                policy_name=policy_name,
-                parent=peer.agent,
-                agent_id=agent_id,
-                trace_id=trace_id,
-            )
-        except Exception as error:
-            if delegated:
-                self.kernel.revoke_all_for_agent(
-                    OPERATOR, agent_id, now=now, trace_id=trace_id, cause="spawn_failed"
+            try:
+                child = self.start_agent(
+                    args.argv,
+                    name=name,
+                    policy_name=policy_name,
+                    parent=peer.agent,
+                    agent_id=agent_id,
+                    trace_id=trace_id,
                 )
-            self.kernel.forget_principal(agent_id)
-            if isinstance(error, CapsupError):
-                raise
-            raise SpawnFailed(f"cannot start {args.argv[0][:64]!r}: {error}") from error
+            except Exception as error:
+                failure = (
+                    error
+                    if isinstance(error, CapsupError)
+                    else SpawnFailed(f"cannot start {args.argv[0][:64]!r}: {error}")
+                )
+                self._refuse(failure, peer, "spawn", trace_id, cause=error)
+        except Exception:
+            try:
+                if delegated:
+                    self.kernel.revoke_all_for_agent(
+                        OPERATOR, agent_id, now=now, trace_id=trace_id, cause="spawn_failed"
+                    )
+            finally:
+                self.kernel.forget_principal(agent_id)
+            raise
         return {
             "agent_id": child.agent_id,
             "pid": child.pid,
@@ -585,6 +606,19 @@ class Server:
             send(reply, _SEND_LAST)
         except zmq.ZMQError:
             pass
+
+    def _refuse(
+        self,
+        error: CapsupError,
+        peer: _Peer,
+        op: str,
+        trace_id: str,
+        cause: BaseException | None = None,
+    ) -> NoReturn:
+        """Record a refusal the server makes itself, then raise it (the
+        kernel records its own): a ``wait`` or ``spawn`` it could not do."""
+        self._emit(_refusal_event(error, peer, op, trace_id))
+        raise error from cause
 
     def _violation(
         self,
@@ -649,10 +683,25 @@ def _io_thread_policy() -> Iterator[None]:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
+def _refusal_event(error: CapsupError, peer: _Peer | None, op: str | None, trace_id: str) -> Event:
+    return Event(
+        EventType.CAPABILITY_DENIED,
+        time.time(),
+        trace_id,
+        principal=peer.principal.id if peer else None,
+        pid=peer.principal.pid if peer else None,
+        operation=op,
+        decision="deny",
+        reason=error.code,
+        detail={"message": error.message[:256]},
+    )
+
+
 def _identity(user: str) -> tuple[str, int | None]:
     """The agent id and pid in a User-Id that :meth:`Server._answer_zap` gave
-    (``"AGENT_ID|PID"``, the agent id empty for a stranger)."""
-    agent_id, _, pid_text = user.partition("|")
+    (``"AGENT_ID|PID"``, the agent id empty for a stranger). Split at the last
+    ``|``: the pid is digits, whatever the id holds."""
+    agent_id, _, pid_text = user.rpartition("|")
     pid = int(pid_text) if pid_text.isdigit() else 0
     return agent_id, pid if pid > 0 else None
 
