@@ -56,7 +56,9 @@ class CounterFamily:
         self._label = label
         keys = [*values, *([OTHER] if other else [])] if label is not None else [""]
         self._counts: dict[str, int] = dict.fromkeys(keys, 0)
-        self._other = other
+        # Where a value outside the set goes: ``other``, nowhere, or for a
+        # family without a label its one series (the label is not its own).
+        self._fallback = "" if label is None else (OTHER if other else None)
         self._created = time.time()
 
     def inc(self, value: str = "", amount: int = 1) -> None:
@@ -64,8 +66,8 @@ class CounterFamily:
         counts = self._counts
         if value in counts:
             counts[value] += amount
-        elif self._other:
-            counts[OTHER] += amount
+        elif self._fallback is not None:
+            counts[self._fallback] += amount
 
     def collect(self) -> Metric:
         labels = [self._label] if self._label is not None else []
@@ -110,11 +112,12 @@ class HistogramFamily:
         self._le = [*(floatToGoString(bound) for bound in bounds), "+Inf"]  # type: ignore[no-untyped-call]
         keys = [*values, OTHER] if label is not None else [""]
         self._series = {key: _Series(len(bounds) + 1) for key in keys}
+        self._fallback = "" if label is None else OTHER
         self._created = time.time()
 
     def observe(self, amount: float, value: str = "") -> None:
         """Record ``amount`` under the label ``value`` (``other`` if outside the set)."""
-        series = self._series.get(value) or self._series[OTHER]
+        series = self._series.get(value) or self._series[self._fallback]
         # The first bucket whose bound is >= amount: Prometheus' ``le``.
         series.counts[bisect.bisect_left(self._bounds, amount)] += 1
         series.sum += amount

@@ -306,7 +306,12 @@ def normalize_glob(pattern: str) -> str:
         raise ValueError(f"glob {pattern[:100]!r} may not contain '..'")
     if not segments:
         raise ValueError("a glob may not be empty")
-    return "/".join(segments)
+    glob = "/".join(segments)
+    try:
+        _compile(glob)
+    except re.error as error:  # [z-a]: refused when given, not at each check
+        raise ValueError(f"glob {pattern[:100]!r} is not a valid pattern: {error}") from None
+    return glob
 
 
 def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | None:

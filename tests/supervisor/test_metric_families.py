@@ -100,8 +100,9 @@ def test_unlabelled_families_export_one_series() -> None:
     counter = CounterFamily("records", "doc")
     histogram = HistogramFamily("size", "doc", [1, 10])
     registry.register(PlainCollector([counter, histogram]))
-    counter.inc(amount=3)
-    histogram.observe(10)
+    counter.inc(amount=2)
+    counter.inc("stray", 1)  # a label it does not have: still its one series
+    histogram.observe(10, "stray")
     assert registry.get_sample_value("records_total") == 3
     assert registry.get_sample_value("size_bucket", {"le": "1.0"}) == 0
     assert registry.get_sample_value("size_bucket", {"le": "10.0"}) == 1

@@ -148,6 +148,7 @@ def test_normalize_constraints(validator: Validator, raw: Any, expected: Any) ->
         (FS, {"deny": [""]}, "deny"),
         (FS, {"deny": ["./"]}, "deny"),
         (FS, {"deny": ["a\x00b"]}, "deny"),
+        (FS, {"deny": ["logs/[z-a].txt"]}, "deny"),  # a reversed range is no pattern
         (HTTP, {"rate_limit": {"requests": 5}}, "rate_limit"),
         (HTTP, {"rate_limit": {"requests": 5, "per_seconds": 1, "burst": 2}}, "rate_limit"),
         (HTTP, {"rate_limit": [5, 1]}, "rate_limit"),
