@@ -444,7 +444,19 @@ class AuditLog:
                 seq=last.seq + 1,
                 reason="truncated",
             )
-        found = last.hash if last.seq == known.seq else self._find_hash(known.seq)
+        found: str | None = last.hash
+        oldest: int | None = last.seq
+        if last.seq != known.seq:
+            found, oldest = self._find_hash(known.seq)
+        if found is None and oldest is not None and oldest <= known.seq:
+            # Rotation with ``keep`` may delete the file that held it, but
+            # then every record left is newer; one missing among older and
+            # newer records was taken out.
+            raise AuditTampered(
+                f"record {known.seq}, the state store's head, is missing from {self._path}",
+                seq=known.seq,
+                reason="deleted",
+            )
         if found is not None and found != known.hash:
             raise AuditTampered(
                 f"record {known.seq} of {self._path} differs from the state store's head",
@@ -452,17 +464,22 @@ class AuditLog:
                 reason="rewritten",
             )
 
-    def _find_hash(self, seq: int) -> str | None:
-        """The hash of record ``seq``, searching the newest files first."""
+    def _find_hash(self, seq: int) -> tuple[str | None, int | None]:
+        """The hash of record ``seq`` (searching the newest files first),
+        and the lowest sequence number seen on the way."""
+        oldest: int | None = None
         with contextlib.suppress(OSError):
             for path in reversed(trail_files([self._path], include_rotated=True)):
                 if not path.is_file():
                     continue
                 for raw in iter_lines([path]):
                     record = parse_line(raw.data)
-                    if record is not None and record["seq"] == seq:
-                        return str(record["hash"])
-        return None
+                    if record is None:
+                        continue
+                    if record["seq"] == seq:
+                        return str(record["hash"]), seq
+                    oldest = record["seq"] if oldest is None else min(oldest, record["seq"])
+        return None, oldest
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -235,6 +235,31 @@ def test_reopen_detects_a_missing_trail_and_a_rewritten_head(tmp_path: Path) -> 
     assert caught.value.seq == 1
 
 
+def test_reopen_detects_that_the_heads_record_was_taken_out(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for n in range(5):
+            log(ev(n=n))
+            if n == 2:
+                head = log.head  # what the store kept then
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + lines[3:]))  # record 3 is gone, 5 still ends it
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, known_head=head)
+    assert (caught.value.seq, caught.value.reason) == (3, "deleted")
+
+
+def test_a_head_rotated_out_with_its_whole_file_is_no_tampering(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, max_bytes=1500, keep=1) as log:
+        log(ev(n=0))
+        early = log.head
+        for n in range(30):
+            log(ev(n=n))
+    with AuditLog(path, known_head=early) as log:
+        assert log.head.seq == 31
+
+
 def test_reopen_refuses_a_partial_last_line(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
