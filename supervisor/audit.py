@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from capsup.agents.errors import AuditUnavailable
 from capsup.supervisor.audit_record import (
@@ -320,16 +321,22 @@ class AuditLog:
         caches (docs/performance.md). The chain is unchanged: a record's
         place is fixed when it is sealed, and anything else is sealed after
         everything waiting."""
-        events, self._waiting = self._waiting, []
+        events = self._waiting
         if not events:
             return self._tail
+        # Sealed into a list of its own and taken only when all are sealed:
+        # a failure leaves the waiting events, the buffer and the tail as
+        # they were, never half a batch with its numbers spent.
+        lines: list[bytes] = []
         seq, digest = self._tail
-        append, extra = self._buffer.append, self._extra
+        extra = self._extra
         for event in events:
             before = (seq, digest)
             seq += 1
             line, digest = seal_line(event, seq, digest, **extra)
-            append(line)
+            lines.append(line)
+        self._buffer.extend(lines)
+        self._waiting = []
         self._tail = AuditHead(seq, digest)
         return AuditHead(*before)
 
@@ -444,19 +451,10 @@ class AuditLog:
                 seq=last.seq + 1,
                 reason="truncated",
             )
-        found: str | None = last.hash
-        oldest: int | None = last.seq
-        if last.seq != known.seq:
-            found, oldest = self._find_hash(known.seq)
-        if found is None and oldest is not None and oldest <= known.seq:
-            # Rotation with ``keep`` may delete the file that held it, but
-            # then every record left is newer; one missing among older and
-            # newer records was taken out.
-            raise AuditTampered(
-                f"record {known.seq}, the state store's head, is missing from {self._path}",
-                seq=known.seq,
-                reason="deleted",
-            )
+        if last.seq == known.seq:
+            found: str | None = last.hash
+        else:
+            found = self._check_lost_head(known)
         if found is not None and found != known.hash:
             raise AuditTampered(
                 f"record {known.seq} of {self._path} differs from the state store's head",
@@ -464,10 +462,32 @@ class AuditLog:
                 reason="rewritten",
             )
 
-    def _find_hash(self, seq: int) -> tuple[str | None, int | None]:
-        """The hash of record ``seq`` (searching the newest files first),
-        and the lowest sequence number seen on the way."""
-        oldest: int | None = None
+    def _check_lost_head(self, known: AuditHead) -> str | None:
+        """The hash of record ``known.seq`` on file; None if it is gone
+        only the way rotation with ``keep`` removes records: with its whole
+        file, every record left newer, and the oldest of them, if it is the
+        very next, linked to it. Any other absence is tampering."""
+        found, oldest = self._find_record(known.seq)
+        if found is not None:
+            return str(found["hash"])
+        if self._keep is None or oldest is None or oldest["seq"] <= known.seq:
+            raise AuditTampered(
+                f"record {known.seq}, the state store's head, is missing from {self._path}",
+                seq=known.seq,
+                reason="deleted",
+            )
+        if oldest["seq"] == known.seq + 1 and oldest["prev"] != known.hash:
+            raise AuditTampered(
+                f"record {oldest['seq']} of {self._path} does not follow the state store's head",
+                seq=oldest["seq"],
+                reason="rewritten",
+            )
+        return None
+
+    def _find_record(self, seq: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Record ``seq`` (searching the newest files first), and the record
+        with the lowest sequence number seen on the way."""
+        oldest: dict[str, Any] | None = None
         with contextlib.suppress(OSError):
             for path in reversed(trail_files([self._path], include_rotated=True)):
                 if not path.is_file():
@@ -477,8 +497,9 @@ class AuditLog:
                     if record is None:
                         continue
                     if record["seq"] == seq:
-                        return str(record["hash"]), seq
-                    oldest = record["seq"] if oldest is None else min(oldest, record["seq"])
+                        return record, record
+                    if oldest is None or record["seq"] < oldest["seq"]:
+                        oldest = record
         return None, oldest
 
 

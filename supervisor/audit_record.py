@@ -16,7 +16,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
@@ -135,7 +135,9 @@ def _prints_alike(value: object) -> bool:
     1e-4 in another notation)."""
     if type(value) in _SCALARS:
         return True
-    return type(value) is float and (value == 0.0 or 1e-4 <= abs(value) < math.inf)
+    # 1e15, not 1e16 where repr turns to exponents: orjson before 3.12 writes
+    # 1e16 where repr writes 1e+16.
+    return type(value) is float and (value == 0.0 or 1e-4 <= abs(value) < 1e15)
 
 
 def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
@@ -199,11 +201,21 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {_text(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(item) for item in value]
     if isinstance(value, set | frozenset):
         return sorted((_jsonable(item) for item in value), key=repr)
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
-    return repr(value)
+    return _text(value, repr)
+
+
+def _text(value: object, how: Callable[[object], str] = str) -> str:
+    """``how(value)``, or a stand-in naming its type if that raises: sealing
+    a record must not fail on a value that cannot say what it is, or the
+    batch it waits in could not be written."""
+    try:
+        return how(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"

@@ -261,7 +261,7 @@ class Server:
         try:
             yield
         except Exception as error:
-            print(f"capsup: {what} failed: {error}", file=sys.stderr)
+            _tell_operator(f"{what} failed", error)
 
     def stop_all(self, grace: float | None = None) -> None:
         """SIGTERM every agent, SIGKILL after the grace period, until all exited."""
@@ -458,10 +458,7 @@ class Server:
         The reply names only the exception's type: the peer is not told
         capsup's internals."""
         internal = InternalError(f"internal error: {type(error).__name__}")
-        print(
-            f"capsup: internal error (trace {trace_id}): {type(error).__name__}: {error}",
-            file=sys.stderr,
-        )
+        _tell_operator(f"internal error (trace {trace_id})", error)
         with contextlib.suppress(Exception):  # nothing is left to tell if this fails
             self._emit(_refusal_event(internal, peer, op, trace_id))
         self._send(envelope, p.error_reply(request_id, internal, trace_id))
@@ -681,6 +678,18 @@ def _io_thread_policy() -> Iterator[None]:
     finally:
         if switched:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def _tell_operator(what: str, error: BaseException) -> None:
+    """One line on stderr for whoever runs capsup. It must not raise: it is
+    said from the paths that keep the loop alive (stderr may be a closed
+    pipe, and an exception's ``__str__`` is anybody's code)."""
+    with contextlib.suppress(Exception):
+        try:
+            said = f"{type(error).__name__}: {error}"
+        except Exception:
+            said = type(error).__name__
+        print(f"capsup: {what}: {said}", file=sys.stderr)
 
 
 def _refusal_event(error: CapsupError, peer: _Peer | None, op: str | None, trace_id: str) -> Event:

@@ -137,7 +137,8 @@ def test_a_value_that_is_not_plain_takes_the_definition() -> None:
 def test_values_orjson_writes_otherwise_take_the_definition() -> None:
     # orjson writes NaN as null and 1e-05 as 0.00001; canonical() writes
     # "nan" and 1e-05. Both would read back as a different record.
-    for odd in (float("nan"), float("inf"), 1e-05, -3.5e-07):
+    # orjson before 3.12 also wrote 1e16 for repr's 1e+16.
+    for odd in (float("nan"), float("inf"), 1e-05, -3.5e-07, 1e16, 2.5e15):
         assert _fast_canonical_body(validated_event(detail={"x": odd}), 1, GENESIS) is None
     assert _fast_canonical_body(validated_event(pid=2**70), 1, GENESIS) is None
 

@@ -249,6 +249,31 @@ def test_reopen_detects_that_the_heads_record_was_taken_out(tmp_path: Path) -> N
     assert (caught.value.seq, caught.value.reason) == (3, "deleted")
 
 
+def forged_records(first_seq: int, count: int, prev: str) -> bytes:
+    """Well-formed, correctly hashed records starting at ``first_seq``."""
+    lines = []
+    for seq in range(first_seq, first_seq + count):
+        body = {"event": "capability_granted", "seq": seq, "prev": prev, "time": 1.0}
+        prev = record_hash(body)
+        lines.append(json.dumps({**body, "hash": prev}, sort_keys=True) + "\n")
+    return "".join(lines).encode()
+
+
+def test_reopen_detects_a_trail_replaced_by_records_after_the_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for n in range(10):
+            log(ev(n=n))
+        head = log.head
+    path.write_bytes(forged_records(11, 2, "f" * 64))  # records 1-10 gone
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, known_head=head)  # keep=None: nothing may rotate away
+    assert (caught.value.seq, caught.value.reason) == (10, "deleted")
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, keep=3, known_head=head)  # 11 must link to the head
+    assert (caught.value.seq, caught.value.reason) == (11, "rewritten")
+
+
 def test_a_head_rotated_out_with_its_whole_file_is_no_tampering(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path, max_bytes=1500, keep=1) as log:
@@ -256,8 +281,10 @@ def test_a_head_rotated_out_with_its_whole_file_is_no_tampering(tmp_path: Path) 
         early = log.head
         for n in range(30):
             log(ev(n=n))
-    with AuditLog(path, known_head=early) as log:
+    with AuditLog(path, keep=1, known_head=early) as log:
         assert log.head.seq == 31
+    with pytest.raises(AuditTampered):  # without keep, nothing may have rotated away
+        AuditLog(path, known_head=early)
 
 
 def test_reopen_refuses_a_partial_last_line(tmp_path: Path) -> None:
@@ -415,4 +442,22 @@ def test_a_validation_whose_batch_cannot_be_written_is_not_recorded_as_allowed(
     log(ev(E.CAPABILITY_DENIED, 3))
     log.close()
     assert [(r["seq"], r["trace_id"]) for r in records(path)] == [(1, "trace-1"), (2, "trace-3")]
+    assert verify([path]).ok
+
+
+class Unshowable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_a_value_that_cannot_be_shown_is_recorded_and_the_batch_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, flush_every=100) as log:
+        log(ev(E.CAPABILITY_VALIDATED, n=1))
+        log(ev(E.CAPABILITY_VALIDATED, n=2, detail={"odd": Unshowable()}))
+        log(ev(E.CAPABILITY_VALIDATED, n=3))
+        log(ev(E.CAPABILITY_DENIED, n=4))  # takes the batch along
+    recs = records(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4]
+    assert recs[1]["detail"]["odd"] == "<Unshowable that cannot be shown>"
     assert verify([path]).ok

@@ -16,7 +16,7 @@ import pytest
 from capsup.supervisor.config import parse_config
 from capsup.supervisor.processes import new_agent_id
 from capsup.supervisor.runtime import Runtime, RuntimeOptions
-from capsup.supervisor.server import _identity
+from capsup.supervisor.server import _identity, _tell_operator
 
 
 def run_agent(tmp_path: Path, body: str, runtime: Runtime) -> list[dict[str, Any]]:
@@ -107,3 +107,19 @@ def test_agent_ids_are_one_plain_token_whatever_the_name(name: str) -> None:
     agent_id = new_agent_id(name)
     assert agent_id.startswith("agent-")
     assert all(c.isascii() and (c.isalnum() or c in "._-") for c in agent_id), agent_id
+
+
+class Unsayable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_telling_the_operator_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    _tell_operator("odd", Unsayable())  # an exception that cannot say what it is
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    monkeypatch.setattr(sys, "stderr", ClosedPipe())
+    _tell_operator("anything", ValueError("x"))
