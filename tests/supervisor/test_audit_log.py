@@ -205,12 +205,17 @@ def test_reopen_resumes_the_chain(tmp_path: Path) -> None:
     assert verify([path], head).ok is True
 
 
+def write_trail(path: Path, count: int) -> AuditHead:
+    """A trail of ``count`` records; its head."""
+    with AuditLog(path) as log:
+        for n in range(count):
+            log(ev(n=n))
+        return log.head
+
+
 def test_reopen_detects_a_cut_off_tail_against_the_known_head(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path) as log:
-        for n in range(5):
-            log(ev(n=n))
-        head = log.head
+    head = write_trail(path, 5)
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:3]))
     with pytest.raises(AuditTampered) as caught:
@@ -261,10 +266,7 @@ def forged_records(first_seq: int, count: int, prev: str) -> bytes:
 
 def test_reopen_detects_a_trail_replaced_by_records_after_the_head(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path) as log:
-        for n in range(10):
-            log(ev(n=n))
-        head = log.head
+    head = write_trail(path, 10)
     path.write_bytes(forged_records(11, 2, "f" * 64))  # records 1-10 gone
     with pytest.raises(AuditTampered) as caught:
         AuditLog(path, known_head=head)  # keep=None: nothing may rotate away
