@@ -207,18 +207,13 @@ class AuditLog:
     def flush(self) -> None:
         """Write the buffered validations now."""
         with self._lock:
-            fd = self._require_open()
-            self._seal_waiting()
-            if self._buffer:
-                self._write(fd, [], self._tail)
+            self._write_pending(self._require_open())
 
     def flush_if_due(self) -> None:
         """Write the buffered validations if the oldest waited ``flush_interval``."""
         with self._lock:
             if (self._waiting or self._buffer) and self._due():
-                fd = self._require_open()
-                self._seal_waiting()
-                self._write(fd, [], self._tail)
+                self._write_pending(self._require_open())
 
     def close(self) -> None:
         """Write what is buffered, close the file and let go of the trail
@@ -226,9 +221,7 @@ class AuditLog:
         with self._lock:
             try:
                 if self._fd is not None:
-                    self._seal_waiting()
-                    if self._buffer:
-                        self._write(self._fd, [], self._tail)
+                    self._write_pending(self._fd)
             finally:
                 if self._fd is not None:
                     os.close(self._fd)
@@ -339,6 +332,12 @@ class AuditLog:
         self._waiting = []
         self._tail = AuditHead(seq, digest)
         return AuditHead(*before)
+
+    def _write_pending(self, fd: int) -> None:
+        """Seal what waits and write everything not yet on file, if anything."""
+        self._seal_waiting()
+        if self._buffer:
+            self._write(fd, [], self._tail)
 
     def _write(self, fd: int, lines: list[bytes], head: AuditHead) -> None:
         """Append the buffer plus ``lines`` in one write, then report the head.

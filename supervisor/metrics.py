@@ -11,8 +11,8 @@ agent lives, cascade sizes, records written). :func:`serve_metrics` serves
 Every label takes values from a closed set (event types, violation kinds,
 op names, exit reasons); anything outside it is counted as ``other``, so a
 hostile client cannot create series by choosing names. The event sink
-counts what events imply too (agents started and ended, cascade sizes), so
-the kernel's events are all it needs.
+counts what events imply too (how agents ended, cascade sizes); the two
+gauges are read at scrape time from the kernel and the process table.
 """
 
 from __future__ import annotations

@@ -571,11 +571,9 @@ class Server:
                     trace_id=trace_id,
                 )
             except Exception as error:
-                failure = (
-                    error
-                    if isinstance(error, CapsupError)
-                    else SpawnFailed(f"cannot start {args.argv[0][:64]!r}: {error}")
-                )
+                if isinstance(error, CapsupError):
+                    self._refuse(error, peer, "spawn", trace_id)
+                failure = SpawnFailed(f"cannot start {args.argv[0][:64]!r}: {error}")
                 self._refuse(failure, peer, "spawn", trace_id, cause=error)
         except Exception:
             try:
@@ -627,15 +625,13 @@ class Server:
         principal: str | None = None,
     ) -> None:
         self._emit(
-            Event(
+            _denial_event(
                 EventType.SECURITY_VIOLATION,
-                time.time(),
+                error,
                 trace_id,
                 principal=principal,
                 pid=pid,
-                decision="deny",
-                reason=error.code,
-                detail={"kind": kind.value, "message": error.message[:256]},
+                kind=kind.value,
             )
         )
 
@@ -692,17 +688,39 @@ def _tell_operator(what: str, error: BaseException) -> None:
         print(f"capsup: {what}: {said}", file=sys.stderr)
 
 
-def _refusal_event(error: CapsupError, peer: _Peer | None, op: str | None, trace_id: str) -> Event:
+def _denial_event(
+    event: EventType,
+    error: CapsupError,
+    trace_id: str,
+    *,
+    principal: str | None,
+    pid: int | None,
+    operation: str | None = None,
+    **detail: str,
+) -> Event:
+    """The record of a refusal the server made itself: ``error`` says why."""
     return Event(
-        EventType.CAPABILITY_DENIED,
+        event,
         time.time(),
+        trace_id,
+        principal=principal,
+        pid=pid,
+        operation=operation,
+        decision="deny",
+        reason=error.code,
+        detail={**detail, "message": error.message[:256]},
+    )
+
+
+def _refusal_event(error: CapsupError, peer: _Peer | None, op: str | None, trace_id: str) -> Event:
+    """``capability_denied`` for a request of ``peer``'s the server refused."""
+    return _denial_event(
+        EventType.CAPABILITY_DENIED,
+        error,
         trace_id,
         principal=peer.principal.id if peer else None,
         pid=peer.principal.pid if peer else None,
         operation=op,
-        decision="deny",
-        reason=error.code,
-        detail={"message": error.message[:256]},
     )
 
 

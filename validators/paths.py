@@ -133,8 +133,8 @@ def _resolve_existing(path: str) -> Resolved | None:
 
 
 def lexically_normal(path: str) -> str:
-    """``path`` without empty, ``.`` and ``..`` segments (``//`` is ``/`` on
-    Linux, unlike :func:`os.path.normpath`'s POSIX reading)."""
+    """The absolute ``path`` without empty, ``.`` and ``..`` segments (``//``
+    is ``/`` on Linux, unlike :func:`os.path.normpath`'s POSIX reading)."""
     if "//" not in path and "/." not in path and (path == "/" or not path.endswith("/")):
         return path  # the common case, without a split
     parts: list[str] = []
