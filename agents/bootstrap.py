@@ -1,7 +1,8 @@
 """Confine a new agent process, then become the agent.
 
 The supervisor starts every agent as ``python -m capsup.agents.bootstrap
---supervisor PID -- ARGV...``. Before the agent's own code runs, this:
+--supervisor PID [--batch] -- ARGV...``. Before the agent's own code runs,
+this:
 
 - asks the kernel to SIGKILL the process when the supervisor dies
   (``PR_SET_PDEATHSIG``), then checks the supervisor did not die before that
@@ -9,10 +10,12 @@ The supervisor starts every agent as ``python -m capsup.agents.bootstrap
   it (fail closed);
 - sets ``PR_SET_NO_NEW_PRIVS`` so that nothing the agent executes can gain
   privileges through setuid binaries or file capabilities;
+- with ``--batch``, puts the agent under ``SCHED_BATCH`` (see
+  :func:`enter_batch_scheduling`);
 - replaces itself with the agent (``execvp``), keeping its pid and create
   time, which is how the supervisor identifies it.
 
-Both settings survive ``execve``. Stronger confinement (rlimits, Landlock)
+All three settings survive ``execve``. Stronger confinement (rlimits, Landlock)
 belongs here as well; see DESIGN.md, "Rooms to come".
 """
 
@@ -23,7 +26,7 @@ import os
 import signal
 import sys
 
-__all__ = ["main"]
+__all__ = ["enter_batch_scheduling", "main"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
@@ -39,11 +42,36 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(errno, f"prctl({option}) failed: {os.strerror(errno)}")
 
 
+def enter_batch_scheduling() -> bool:
+    """Move the calling thread from the default policy to ``SCHED_BATCH``.
+
+    A batch thread has the same share of CPU time as before, but its wakeups
+    do not preempt the thread that is running; it waits for the next
+    scheduling decision instead. That is the right deal for agents, which
+    are throughput work, next to a supervisor whose every request is on
+    some agent's critical path, and for libzmq's I/O thread next to the
+    supervisor's loop. It is a hint, not a limit: an agent may switch
+    itself back. Returns whether the policy was changed; one the operator
+    chose (``chrt``), or one a sandbox will not let go of, is left alone.
+    """
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            return False
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):  # refused, or not Linux
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    batch = len(args) > 2 and args[2] == "--batch"
+    if batch:
+        args = [*args[:2], *args[3:]]
     if len(args) < 4 or args[0] != "--supervisor" or args[2] != "--":
         print(
-            "usage: python -m capsup.agents.bootstrap --supervisor PID -- ARGV...", file=sys.stderr
+            "usage: python -m capsup.agents.bootstrap --supervisor PID [--batch] -- ARGV...",
+            file=sys.stderr,
         )
         return 2
     supervisor = int(args[1])
@@ -51,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if sys.platform.startswith("linux"):
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    if batch:
+        enter_batch_scheduling()
     if os.getppid() != supervisor:
         # The supervisor died between fork and prctl: nobody would revoke
         # what this agent obtains, so it must not start at all.

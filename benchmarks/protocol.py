@@ -6,7 +6,9 @@ Measures, in one run, on whatever machine runs it:
 
 1. a bare ZeroMQ + msgpack echo: a ROUTER loop in this process (receive,
    unpack, pack a reply echoing the id, send) against 1, 4 and 8 client
-   processes, each a DEALER with one request in flight;
+   processes, each a DEALER with one request in flight, started the way
+   capsup starts an agent (through :mod:`capsup.agents.bootstrap`, under
+   the same scheduling policy, SCHED_BATCH by default);
 2. capsup ``validate`` over the real protocol: a real supervisor
    (:class:`~capsup.supervisor.runtime.Runtime`, audit trail and metrics on,
    as shipped) in this process, against 1, 4 and 8 real agents it spawned
@@ -47,7 +49,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
-from capsup.supervisor.config import parse_config
+from capsup.supervisor.config import Settings, parse_config
 from capsup.supervisor.processes import AgentProcess
 from capsup.supervisor.runtime import Runtime, RuntimeOptions
 
@@ -254,6 +256,19 @@ class Round:
 # -- 1. the bare echo ----------------------------------------------------------
 
 
+def like_an_agent(argv: list[str]) -> list[str]:
+    """``argv`` started as capsup starts its agents (``[supervisor]
+    agent_scheduling`` at its default), so that the echo's clients and
+    capsup's are scheduled alike and only the server differs."""
+    return [
+        sys.executable,
+        *("-m", "capsup.agents.bootstrap", "--supervisor", str(os.getpid())),
+        *(["--batch"] if Settings().agent_scheduling == "batch" else []),
+        "--",
+        *argv,
+    ]
+
+
 def echo_round(base: Path, tag: str, clients: int, duration: float, resource: str) -> Figures:
     endpoint = f"ipc://{base}/echo-{tag}.sock"
     rnd = Round(base / f"echo-{tag}", clients, duration)
@@ -263,7 +278,10 @@ def echo_round(base: Path, tag: str, clients: int, duration: float, resource: st
     router.bind(endpoint)
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
-    procs = [subprocess.Popen(rnd.argv("echo", endpoint, i, resource)) for i in range(clients)]
+    procs = [
+        subprocess.Popen(like_an_agent(rnd.argv("echo", endpoint, i, resource)))
+        for i in range(clients)
+    ]
     pack, unpack = msgpack.packb, msgpack.unpackb
     recv, send = router.recv_multipart, router.send_multipart
     check_at = 0.0

@@ -43,13 +43,21 @@ class Settings:
     tombstone_retention: float = 86400.0
     max_message_bytes: int = 1 << 20
     max_capabilities_per_agent: int = 10_000
+    #: "batch": agents run under SCHED_BATCH, so their wakeups never preempt
+    #: the supervisor's loop; "inherit": they keep the supervisor's policy.
+    agent_scheduling: str = "batch"
 
 
-_SETTING_TYPES: dict[str, tuple[type, ...]] = {
+#: The positive numbers among the settings, and the types each may be.
+_NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
     "grace_period": (int, float),
     "tombstone_retention": (int, float),
     "max_message_bytes": (int,),
     "max_capabilities_per_agent": (int,),
+}
+#: The settings that take one of a few words.
+_CHOICE_SETTINGS: dict[str, frozenset[str]] = {
+    "agent_scheduling": frozenset({"batch", "inherit"}),
 }
 
 
@@ -139,7 +147,13 @@ def _parse_databases(section: Mapping[str, Any]) -> dict[str, DatabaseConfig]:
 def _parse_settings(section: Mapping[str, Any]) -> Settings:
     values: dict[str, Any] = {}
     for key, value in section.items():
-        types = _SETTING_TYPES.get(key)
+        choices = _CHOICE_SETTINGS.get(key)
+        if choices is not None:
+            if not isinstance(value, str) or value not in choices:
+                raise PolicyError(f"supervisor.{key}: must be one of {', '.join(sorted(choices))}")
+            values[key] = value
+            continue
+        types = _NUMBER_SETTINGS.get(key)
         if types is None:
             raise PolicyError(f"supervisor: unknown key {key!r}")
         if not isinstance(value, types):

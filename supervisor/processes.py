@@ -105,8 +105,10 @@ def exit_status(returncode: int) -> int:
 class ProcessTable:
     """The supervisor's agents, by id, by pidfd and by (pid, create time)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, batch: bool = True) -> None:
         self._endpoint = endpoint
+        #: Start agents under SCHED_BATCH (``[supervisor] agent_scheduling``).
+        self._batch = batch
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
@@ -149,6 +151,7 @@ class ProcessTable:
             "capsup.agents.bootstrap",
             "--supervisor",
             str(os.getpid()),
+            *(["--batch"] if self._batch else []),
             "--",
             *argv,
         ]

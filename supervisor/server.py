@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import zmq
 from capsup.agents import protocol as p
+from capsup.agents.bootstrap import enter_batch_scheduling
 from capsup.agents.errors import (
     CapsupError,
     InternalError,
@@ -92,6 +93,7 @@ class Server:
         *,
         sink: EventSink | None = None,
         grace_period: float = 5.0,
+        batch_agents: bool = True,
         max_message_bytes: int = p.MAX_MESSAGE_BYTES,
         observe_request: Callable[[str, float], None] | None = None,
         observe_validation: Callable[[float], None] | None = None,
@@ -103,7 +105,7 @@ class Server:
             raise ValueError(f"the agent endpoint must be ipc://, not {endpoint!r}")
         self.kernel = kernel
         self.endpoint = endpoint
-        self.processes = ProcessTable(endpoint)
+        self.processes = ProcessTable(endpoint, batch=batch_agents)
         self._sink = sink
         self._grace = grace_period
         self._max_bytes = max_message_bytes
@@ -662,13 +664,7 @@ def _io_thread_policy() -> Iterator[None]:
     thread takes it for the moment libzmq starts its threads, and gives it
     back. Where the policy cannot be changed, or the operator chose another
     than the default for the supervisor, nothing is."""
-    switched = False
-    try:
-        if os.sched_getscheduler(0) == os.SCHED_OTHER:
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-            switched = True
-    except (OSError, AttributeError):  # a sandbox refuses it, or not Linux
-        pass
+    switched = enter_batch_scheduling()
     try:
         yield
     finally:

@@ -58,6 +58,9 @@ def test_the_documented_form_loads(tmp_path: Path) -> None:
         ("[databases.main]\nurl = 5", "url"),
         ("[supervisor]\ngrace_period = 'soon'", "grace_period"),
         ("[supervisor]\nfoo = 1", "foo"),
+        ("[supervisor]\nagent_scheduling = 'fifo'", "agent_scheduling"),
+        ("[supervisor]\nagent_scheduling = ['batch']", "agent_scheduling"),
+        ("[supervisor]\nagent_scheduling = 1", "agent_scheduling"),
         ("this is [not toml", "TOML"),
     ],
 )
@@ -68,6 +71,14 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, names: str) -> 
         load_config(path)
     assert str(path) in str(info.value)
     assert names in str(info.value)
+
+
+def test_agent_scheduling_is_batch_unless_told(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load_config(path).settings.agent_scheduling == "batch"
+    path.write_text("[supervisor]\nagent_scheduling = 'inherit'\n")
+    assert load_config(path).settings.agent_scheduling == "inherit"
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
-"""libzmq's I/O thread runs under SCHED_BATCH; the loop keeps its policy."""
+"""Scheduling policies: libzmq's I/O thread and the agents run under
+SCHED_BATCH, the supervisor's loop keeps its policy, and an operator's
+choice is never overridden."""
 
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -70,3 +74,48 @@ def test_an_operators_policy_is_left_alone() -> None:
     thread.start()
     thread.join()
     assert seen == [os.SCHED_IDLE, os.SCHED_IDLE]
+
+
+# An agent that notes its own policy, spawns a sub-agent that notes its own,
+# and waits for it. Policies go to files named after the process's role.
+REPORTER = """
+import os, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+role = sys.argv[2]
+(out / role).write_text(str(os.sched_getscheduler(0)))
+if role == "agent":
+    from capsup.agents import connect
+    client = connect()
+    helper = client.spawn([sys.executable, __file__, str(out), "sub-agent"])
+    assert client.wait(helper, timeout=30) == 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [({}, os.SCHED_BATCH), ({"agent_scheduling": "inherit"}, os.SCHED_OTHER)],
+)
+def test_agents_and_their_sub_agents_run_under_the_configured_policy(
+    tmp_path: Path, setting: dict[str, str], expected: int
+) -> None:
+    script = tmp_path / "reporter.py"
+    script.write_text(textwrap.dedent(REPORTER))
+    runtime = Runtime(
+        parse_config({"supervisor": setting}, source="<test>"),
+        RuntimeOptions(endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(tmp_path / "a")),
+    )
+    try:
+        agent = runtime.server.start_agent(
+            [sys.executable, str(script), str(tmp_path), "agent"], name="agent"
+        )
+        for _ in range(600):
+            if not agent.running:
+                break
+            runtime.server.turn(timeout=0.05)
+        assert agent.returncode == 0
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the supervisor's own is untouched
+    finally:
+        runtime.close()
+    assert int((tmp_path / "agent").read_text()) == expected
+    assert int((tmp_path / "sub-agent").read_text()) == expected
