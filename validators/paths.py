@@ -46,6 +46,7 @@ __all__ = [
     "MAX_SYMLINK_HOPS",
     "ResolveError",
     "Resolved",
+    "fold_case",
     "glob_matches",
     "is_within",
     "lexically_normal",
@@ -315,31 +316,54 @@ def normalize_glob(pattern: str) -> str:
 
 
 def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | None:
-    """The first pattern that matches ``relative`` or one of its ancestors.
+    """The first pattern that denies ``relative`` or one of its ancestors.
 
     ``relative`` is a path beneath the capability root without a leading
     slash ("" for the root itself). Matching an ancestor is what makes a
-    denied directory deny everything inside it.
+    denied directory deny everything inside it. Case does not count (see
+    :func:`fold_case`): a pattern denies every spelling of a name that
+    differs from one it matches only in case.
     """
+    folded = relative.lower() if relative.isascii() else fold_case(relative)
     for pattern in patterns:
-        if _compile(pattern).fullmatch(relative):
+        if _compile(pattern).fullmatch(folded):
             return pattern
     return None
 
 
+def fold_case(text: str) -> str:
+    """``text`` with case folded away: two names that a case-insensitive
+    filesystem may take for one file fold to the same string.
+
+    Unicode full case folding (:meth:`str.casefold`, as ext4 and f2fs
+    casefold directories fold, ``Straße`` -> ``strasse``), with the dotless
+    i (U+0131) folded to ``i`` as well, because exFAT, NTFS and SMB servers
+    compare upper-cased names and it upper-cases to ``I``. Folding works
+    character by character, never yields ``/`` or an empty string, and its
+    result folds to itself.
+    """
+    if text.isascii():
+        return text.lower()  # what casefold gives for ASCII, and faster
+    return text.casefold().replace("\u0131", "i")
+
+
 def rebase_glob(pattern: str, relative: str) -> list[str] | None:
     """``pattern`` (relative to a root) said of the directory ``relative``
-    beneath that root: the globs that match, relative to it, exactly what
-    ``pattern`` matches beneath it. None when ``pattern`` matches ``relative``
+    beneath that root: the globs that deny, relative to it, exactly what
+    ``pattern`` denies beneath it. None when ``pattern`` denies ``relative``
     itself or an ancestor of it, which denies everything there.
 
     Needed wherever a capability is narrowed to a deeper root: a glob copied
     unchanged would be read relative to the new root and deny other paths.
+    Segments are compared as :func:`glob_matches` compares them, ignoring
+    case, so ``data/**`` denies a new root spelled ``DATA`` and ``data/*.key``
+    restated for ``DATA`` is ``*.key``. What remains of the pattern keeps its
+    spelling; it ignores case again wherever it is checked.
     """
     segments = pattern.split("/")
     while segments and segments[-1] == "**":  # "a/**" matches what "a" matches
         segments.pop()
-    names = [name for name in relative.split("/") if name]
+    names = [fold_case(name) for name in relative.split("/") if name]
     rests: set[str] = set()
     # States (glob segments consumed, names consumed); "**" may take any
     # number of names, so there can be several ways through.
@@ -364,16 +388,25 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
 
 @functools.lru_cache(maxsize=1024)
 def _compile_segment(segment: str) -> re.Pattern[str]:
+    """One glob segment, to be matched against a folded name."""
     return re.compile(_segment_regex(segment), re.DOTALL)
 
 
 @functools.lru_cache(maxsize=1024)
 def _compile(pattern: str) -> re.Pattern[str]:
-    """Translate a normalized glob into an anchored regular expression.
+    """Translate a normalized glob into an anchored regular expression that
+    is matched against a folded path (:func:`fold_case`).
 
     ``*`` and ``?`` never cross a ``/``; ``**`` as a whole segment spans any
     number of segments; ``[...]`` is a character class (``[!...]`` negated).
     The regex also matches every path beneath a match.
+
+    The regex matches the folding of every path the glob matches, and
+    nothing else: a literal stands for its folding, ``?`` for the folding
+    of any one character (which may be several: ``ß`` is ``ss``), and a
+    class for the foldings of its members (or, negated, of every other
+    character). So it matches a folded path exactly when the glob, read case
+    sensitively, matches some spelling of that path.
     """
     segments = pattern.split("/")
     while segments and segments[-1] == "**":  # "a/**/**" matches what "a" matches
@@ -394,7 +427,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def _segment_regex(segment: str) -> str:
-    """The regex of one glob segment."""
+    """The regex of one glob segment, matched against folded names."""
     out: list[str] = []
     i = 0
     while i < len(segment):
@@ -402,7 +435,7 @@ def _segment_regex(segment: str) -> str:
         if ch == "*":
             out.append("[^/]*")
         elif ch == "?":
-            out.append("[^/]")
+            out.append(_any_one())
         elif ch == "[":
             end = segment.find("]", i + 2 if segment[i + 1 : i + 2] in ("!", "]") else i + 1)
             if end < 0:
@@ -413,10 +446,69 @@ def _segment_regex(segment: str) -> str:
                 if negate:
                     body = body[1:]
                 body = body.replace("\\", "\\\\").replace("[", "\\[").replace("^", "\\^")
-                # The lookahead keeps ranges such as [.-0] from matching "/".
-                out.append(f"(?!/)[{'^' if negate else ''}{body}]")
+                out.append(_class_regex(body, negate))
                 i = end
         else:
-            out.append(re.escape(ch))
+            out.append(re.escape(fold_case(ch)))
         i += 1
     return "".join(out)
+
+
+#: Unicode assigns no cased character at or above this code point (planes 2
+#: and up hold CJK, tags, variation selectors and private use); a test checks
+#: it against the running Python's Unicode database.
+_CASED_LIMIT = 0x20000
+
+
+@functools.cache
+def _unfolded() -> dict[str, str]:
+    """Every character that does not fold to itself, with its folding."""
+    table: dict[str, str] = {}
+    for code in range(_CASED_LIMIT):
+        if 0xD800 <= code < 0xE000:  # surrogates: never in a decoded name
+            continue
+        char = chr(code)
+        folded = fold_case(char)
+        if folded != char:
+            table[char] = folded
+    return table
+
+
+def _alternatives(singles: set[str], longer: set[str]) -> str:
+    """Alternatives that match one of the ``singles`` characters, or one of
+    the ``longer`` strings (empty when there are none)."""
+    parts: list[str] = []
+    if singles:
+        parts.append("[" + "".join(re.escape(char) for char in sorted(singles)) + "]")
+    parts += [re.escape(text) for text in sorted(longer, key=lambda t: (-len(t), t))]
+    return "|".join(parts)
+
+
+@functools.cache
+def _any_one() -> str:
+    """``?``: any one character but ``/``, folded. Most characters fold to a
+    single one, which ``[^/]`` matches; the rest fold to several."""
+    longer = {folded for folded in _unfolded().values() if len(folded) > 1}
+    return f"(?:[^/]|{_alternatives(set(), longer)})"
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_regex(body: str, negate: bool) -> str:
+    """A character class (``body`` escaped for a regex class) read against
+    folded names: the foldings of its members, or of every character but its
+    members and ``/`` when it is negated.
+
+    A character that folds to itself stands for itself, so the class as
+    written (negated or not) matches exactly those; the foldings of the
+    other characters it admits are added as alternatives. The lookahead
+    keeps ranges such as ``[.-0]`` from matching ``/``.
+    """
+    members = re.compile(f"[{body}]", re.DOTALL)  # raises re.error for [z-a]
+    singles: set[str] = set()
+    longer: set[str] = set()
+    for char, folded in _unfolded().items():
+        if (members.fullmatch(char) is None) is negate:
+            (singles if len(folded) == 1 else longer).add(folded)
+    own = f"(?!/)[{'^' if negate else ''}{body}]"
+    extra = _alternatives(singles, longer)
+    return f"(?:{own}|{extra})" if extra else own

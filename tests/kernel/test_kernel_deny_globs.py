@@ -109,3 +109,51 @@ def test_a_delegation_restates_the_globs_for_its_root(kernel: tuple[Kernel, Path
     assert allowed(k, DAVE, child.id, data / "public" / "readme.txt")
     assert not allowed(k, DAVE, child.id, data / "public" / "x.key")
     assert not allowed(k, DAVE, child.id, data / "public" / "keys" / "k.txt")
+
+
+# On a case-insensitive filesystem DATA is data and X.KEY is x.key; these
+# trees are case sensitive, so each spelling is made as a directory or file
+# of its own, which is what the kernel sees either way: the caller's spelling.
+
+
+def test_a_grant_or_use_spelled_in_another_case_is_still_denied(
+    kernel: tuple[Kernel, Path],
+) -> None:
+    k, data = kernel
+    (data / "SECRETS").mkdir()
+    (data / "SECRETS" / "a.txt").write_text("x")
+    (data / "public" / "X.KEY").write_text("x")
+    with pytest.raises(errors.DeniedByPolicy, match="deny glob 'secrets'"):
+        grant(k, f"file://{data}/SECRETS")
+    cap = grant(k, f"file://{data}")
+    assert not allowed(k, CAROL, cap.id, data / "SECRETS" / "a.txt")
+    assert not allowed(k, CAROL, cap.id, data / "public" / "X.KEY")
+    assert allowed(k, CAROL, cap.id, data / "public" / "readme.txt")
+
+
+def test_a_delegation_into_another_case_of_a_denied_directory_is_widening(
+    kernel: tuple[Kernel, Path],
+) -> None:
+    k, data = kernel
+    (data / "DATA").mkdir()
+    (data / "DATA" / "a.txt").write_text("x")
+    parent = grant(k, f"file://{data}", deny=["data/**"])
+    assert not allowed(k, CAROL, parent.id, data / "DATA" / "a.txt")
+    for resource in (f"file://{data}/DATA", f"file://{data}/Data/sub", f"file://{data}/Secrets"):
+        with pytest.raises(errors.DelegationWidening, match="deny glob"):
+            k.delegate(CAROL, parent.id, Delegation(DAVE.id, resource), now=T0 + 1, trace_id="d")
+
+
+def test_a_delegation_into_another_case_restates_the_globs(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    (data / "PUBLIC" / "KEYS").mkdir(parents=True)
+    (data / "PUBLIC" / "KEYS" / "k.txt").write_text("x")
+    (data / "PUBLIC" / "readme.txt").write_text("x")
+    parent = grant(k, f"file://{data}", deny=["public/keys"])
+    child = k.delegate(
+        CAROL, parent.id, Delegation(DAVE.id, f"file://{data}/PUBLIC"), now=T0 + 1, trace_id="d"
+    )
+    assert child.constraints == {"deny": ["**/*.key", "keys"]}
+    assert not allowed(k, CAROL, parent.id, data / "PUBLIC" / "KEYS" / "k.txt")
+    assert not allowed(k, DAVE, child.id, data / "PUBLIC" / "KEYS" / "k.txt")
+    assert allowed(k, DAVE, child.id, data / "PUBLIC" / "readme.txt")

@@ -224,3 +224,87 @@ def test_a_link_named_like_a_denied_file_is_denied_however_spelled(
     target = spelling.format(link=str(ws / "secret.key").lstrip("/"))
     decision = FS.check(resource, {"deny": ["*.key"]}, Use("delete", target))
     assert (decision.allowed, decision.reason) == (False, "denied_by_glob")
+
+
+# -- deny globs ignore case ------------------------------------------------------------
+# On a case-insensitive filesystem (ext4 or f2fs casefold directories, vfat,
+# exFAT, NTFS, a CIFS mount) SECRET.KEY is the file secret.key, and the
+# resolver keeps the caller's spelling. These trees are on a case-sensitive
+# filesystem, so each spelling is a file of its own, which is what the
+# validator sees either way: a name as the caller spelled it.
+
+
+@pytest.fixture(scope="module")
+def cased(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(ws, resource) of a tree whose names come in several cases."""
+    ws = Path(os.path.realpath(tmp_path_factory.mktemp("cased")))
+    for folder in ("Private", "DATA", "docs"):
+        (ws / folder).mkdir()
+    for name in (
+        "SECRET.KEY", "Secret.Key", "secret.key", "Private/notes.txt", "DATA/x.txt",
+        "DATA/Y.KEY", "Abc", "abc", "bbc", "docs/readme.txt", "Stra\u00dfe.txt",
+        "\u017fecret.txt", "f\u0131le.txt",
+    ):  # fmt: skip
+        (ws / name).write_text("x")
+    (ws / "LINK.KEY").symlink_to("docs/readme.txt")
+    return str(ws), FS.canonical_resource(ws.as_uri())
+
+
+@pytest.mark.parametrize(
+    ("deny", "operation", "target", "expected"),
+    [
+        (["**/*.key"], "read", "SECRET.KEY", "denied_by_glob"),
+        (["**/*.key"], "read", "Secret.Key", "denied_by_glob"),
+        (["**/*.key"], "read", "DATA/Y.KEY", "denied_by_glob"),
+        (["**/*.key"], "read", "file://{ws}/SECRET%2EKEY", "denied_by_glob"),
+        (["**/*.key"], "delete", "LINK.KEY", "denied_by_glob"),  # the link's own name
+        (["**/*.key"], "create", "docs/NEW.Key", "denied_by_glob"),
+        (["*.KEY"], "read", "secret.key", "denied_by_glob"),  # the glob's case does not count
+        (["secret.key"], "read", "SECRET.KEY", "denied_by_glob"),
+        (["private/**"], "read", "Private/notes.txt", "denied_by_glob"),
+        (["private/**"], "list", "Private", "denied_by_glob"),
+        (["private"], "create", "PRIVATE/new.txt", "denied_by_glob"),
+        (["PRIVATE/*.txt"], "read", "Private/notes.txt", "denied_by_glob"),
+        (["data"], "read", "DATA/x.txt", "denied_by_glob"),
+        # A negated class denies what it matches as spelled, and every other
+        # spelling of it: abc is also spelled Abc, which [!a]bc matches.
+        (["[!a]bc"], "read", "Abc", "denied_by_glob"),
+        (["[!a]bc"], "read", "abc", "denied_by_glob"),
+        (["[!a]bc"], "read", "bbc", "denied_by_glob"),
+        (["[a-z]bc"], "read", "Abc", "denied_by_glob"),
+        (["[A-Z]bc"], "read", "abc", "denied_by_glob"),
+        (["strasse.txt"], "read", "Stra\u00dfe.txt", "denied_by_glob"),  # full folding
+        (["STRA\u1e9eE.*"], "create", "strasse.txt", "denied_by_glob"),
+        (["secret.*"], "read", "\u017fecret.txt", "denied_by_glob"),  # long s
+        (["file.*"], "read", "f\u0131le.txt", "denied_by_glob"),  # dotless i
+        # ...and nothing that differs in more than case.
+        (["**/*.key"], "read", "docs/readme.txt", ALLOW),
+        (["private/**"], "read", "DATA/x.txt", ALLOW),
+        (["[!a]bc"], "read", "docs/readme.txt", ALLOW),
+        (["abd"], "read", "Abc", ALLOW),
+        (["[!aA]bc"], "read", "Abc", ALLOW),  # no spelling of A is outside [aA]
+    ],
+)
+def test_a_deny_glob_denies_every_case_of_a_name(
+    cased: tuple[str, str], deny: list[str], operation: str, target: str, expected: str
+) -> None:
+    ws, resource = cased
+    concrete = target.replace("{ws}", ws) if "{ws}" in target else f"{ws}/{target}"
+    constraints = FS.normalize_constraints({"deny": deny})
+    decision = FS.check(resource, constraints, Use(operation, concrete, 1))
+    assert (ALLOW if decision.allowed else decision.reason) == expected, decision.detail
+
+
+def test_a_capability_narrowed_to_another_case_keeps_denying(cased: tuple[str, str]) -> None:
+    """A capability on ws denying data/*.key, narrowed to ws/DATA: the glob
+    restated for DATA is *.key, which denies Y.KEY there as the parent did."""
+    ws, resource = cased
+    inner = FS.canonical_resource(f"file://{ws}/DATA")
+    parent = FS.normalize_constraints({"deny": ["data/*.key"]})
+    child = FS.rebase_constraints(parent, resource, inner)
+    assert child == {"deny": ["*.key"]}
+    for constraints, root in ((parent, resource), (child, inner)):
+        assert FS.check(root, constraints, Use("read", f"{ws}/DATA/Y.KEY")).reason == (
+            "denied_by_glob"
+        )
+        assert FS.check(root, constraints, Use("read", f"{ws}/DATA/x.txt")).allowed

@@ -207,6 +207,8 @@ def test_meet(validator: Validator, first: Any, second: Any, expected: Any) -> N
         (FS, {"max_bytes": 6}, {"max_bytes": 5}, "max_bytes"),
         (FS, {"deny": ["a", "b"]}, {"deny": ["a"]}, None),
         (FS, {"deny": ["b"]}, {"deny": ["a"]}, "deny"),
+        (FS, {"deny": ["*.key"]}, {"deny": ["*.KEY"]}, "deny"),  # equal, but refused
+        (FS, {"deny": ["*.KEY", "*.key"]}, {"deny": ["*.KEY"]}, None),
         (
             HTTP,
             {"rate_limit": {"requests": 1, "per_seconds": 10}},
@@ -229,6 +231,42 @@ def test_constraints_within(
     validator: Validator, child: Any, parent: Any, wider: str | None
 ) -> None:
     assert validator.constraints_within(child, parent) == wider
+
+
+@pytest.mark.parametrize(
+    ("deny", "inner", "expected"),
+    [
+        (["public/*.key"], "public", ["*.key"]),
+        (["**/*.key"], "public", ["**/*.key"]),
+        (["public/*.key"], "PUBLIC", ["*.key"]),  # the inner root's case does not count
+        (["Public/Keys/*"], "public", ["Keys/*"]),  # the rest keeps its spelling
+        (["PUBLIC/**/*.KEY"], "public/Keys", ["**/*.KEY"]),
+        (["stra\u00dfe/x"], "STRASSE", ["x"]),
+        (["[!p]ublic/x"], "Public", ["x"]),  # P is not in [p]
+        (["[!pP]ublic/x"], "Public", []),
+        (["other/x", "public/x"], "Public", ["x"]),
+        (["data/**"], "DATA", None),  # the inner root itself is denied: refused
+        (["data"], "Data/sub", None),
+        (["*.KEY"], "secret.key", None),
+        (["[!a]bc"], "abc", None),  # abc is also spelled Abc
+        (["secret"], "\u017fecret", None),  # long s
+    ],
+)
+def test_rebase_constraints_ignores_case(
+    deny: list[str], inner: str, expected: list[str] | None
+) -> None:
+    """Deny globs restated for a deeper root that differs from what they
+    name only in case: the new root is refused if a glob denies it in any
+    case, and otherwise the restated globs deny what the wider ones did."""
+    constraints = FS.normalize_constraints({"deny": deny, "max_bytes": 7})
+    outer = "file:///ws"
+    resource = FS.canonical_resource(f"file:///ws/{inner}")
+    if expected is None:
+        with pytest.raises(ConstraintError, match="is denied by the deny glob"):
+            FS.rebase_constraints(constraints, outer, resource)
+        return
+    rebased = FS.rebase_constraints(constraints, outer, resource)
+    assert rebased == ({"deny": expected, "max_bytes": 7} if expected else {"max_bytes": 7})
 
 
 def test_meet_rejects_foreign_keys() -> None:

@@ -1,22 +1,38 @@
-"""Property tests: nothing escapes the root, meet is a lattice meet, check never raises."""
+"""Property tests: nothing escapes the root, meet is a lattice meet, check never raises,
+deny globs ignore case and keep denying when restated for a deeper root."""
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import itertools
 import os
+import re
+import sys
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import ada_url
+import pytest
 from capsup.validators import (
+    ConstraintError,
     DatabaseValidator,
     FilesystemValidator,
     HttpValidator,
     Use,
     Validator,
+    paths,
 )
-from capsup.validators.paths import glob_matches, is_within, normalize_glob, rebase_glob
+from capsup.validators.paths import (
+    fold_case,
+    glob_matches,
+    is_within,
+    normalize_glob,
+    rebase_glob,
+)
 from fs_world import Workspace
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 FS = FilesystemValidator()
@@ -220,29 +236,218 @@ def test_http_within_is_a_preorder(a: str, b: str, c: str) -> None:
         assert a == b
 
 
-# -- a deny glob restated for a deeper root denies the same paths --------------------
+# -- deny globs ignore case, and a glob restated for a deeper root denies the same paths --
 
-GLOB_SEGMENTS = st.sampled_from(["a", "b", "c", "*", "?", "**", "[ab]", "[!a]", "a*", "*c"])
-NAMES = st.sampled_from(["a", "b", "c", "ab", "ca", "abc"])
+# Letters whose spellings differ in case, in length (ß and ss, ẞ), or only to
+# some filesystems (the long s, the Kelvin sign, the dotless i).
+GLOB_SEGMENTS = st.sampled_from(
+    [
+        "a", "b", "c", "*", "?", "**", "[ab]", "[!a]", "a*", "*c", "A", "B*", "[A-B]",
+        "[!A]", "?C", "ss", "S?", "\u00df", "[\u00df]", "[!s]", "k", "[K]", "i*", "[!a-z]",
+    ]
+)  # fmt: skip
+NAMES = st.sampled_from(
+    [
+        "a", "b", "c", "ab", "ca", "abc", "A", "Ab", "aB", "ABC", "Ca", "ss", "SS",
+        "\u00df", "\u1e9e", "\u017f", "k", "\u212a", "K", "i", "I", "\u0131", "sC",
+    ]
+)  # fmt: skip
+PATHS = st.lists(NAMES, max_size=3).map("/".join)
 
 
-@settings(max_examples=500)
+@functools.cache
+def _spellings_of() -> dict[str, frozenset[str]]:
+    """Folded text -> the characters that fold to it, for every folding that
+    some other character has: the one-character names a case-insensitive
+    filesystem may take for it. Scans all of Unicode, not paths' table."""
+    table: dict[str, set[str]] = {}
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        folded = fold_case(char)
+        if folded != char and not 0xD800 <= code < 0xE000:
+            table.setdefault(folded, {folded} if len(folded) == 1 else set()).add(char)
+    return {folded: frozenset(chars) for folded, chars in table.items()}
+
+
+def _units(text: str) -> frozenset[str]:
+    """The characters that fold to ``text``."""
+    known = _spellings_of().get(text)
+    if known is not None:
+        return known
+    return frozenset({text}) if len(text) == 1 else frozenset()
+
+
+def spellings(path: str, limit: int = 5000) -> Iterator[str]:
+    """Every path a case-insensitive filesystem may take for ``path`` (whose
+    folding is ``fold_case(path)``), at most ``limit`` of them."""
+    folded = fold_case(path)
+    longest = 3  # the longest foldings: "ffi" (of U+FB03) and a few Greek ones
+
+    def spell(at: int) -> Iterator[str]:
+        if at == len(folded):
+            yield ""
+            return
+        for size in range(1, longest + 1):
+            for char in sorted(_units(folded[at : at + size])):
+                for rest in spell(at + size):
+                    yield char + rest
+
+    yield from itertools.islice(spell(0), limit)
+
+
+@functools.cache
+def _fnmatch_regex(segment: str, flags: re.RegexFlag) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(segment), flags)
+
+
+def denied_as_spelled(pattern: str, path: str, flags: re.RegexFlag = re.NOFLAG) -> bool:
+    """The glob read case sensitively (or as ``flags`` say), independently of
+    paths._compile: fnmatch's regex per segment, ``**`` for any number of
+    segments, a match of the path or one of its ancestors."""
+    segments = pattern.split("/")
+    while segments and segments[-1] == "**":
+        segments.pop()
+    if not segments:
+        return True
+    names = path.split("/") if path else []
+
+    def match(at: int, taken: int) -> bool:
+        if at == len(segments):
+            return True
+        if segments[at] == "**":
+            return match(at + 1, taken) or (taken < len(names) and match(at, taken + 1))
+        return (
+            taken < len(names)
+            and _fnmatch_regex(segments[at], flags).match(names[taken]) is not None
+            and match(at + 1, taken + 1)
+        )
+
+    return match(0, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "folded"),
+    [
+        ("SECRET.KEY", "secret.key"),
+        ("Stra\u00dfe", "strasse"),
+        ("STRA\u1e9eE", "strasse"),
+        ("\u017fecret", "secret"),  # long s
+        ("\u212aey", "key"),  # Kelvin sign
+        ("f\u0131le", "file"),  # dotless i: exFAT and NTFS upper-case it to I
+        ("F\u0130LE", "fi\u0307le"),  # dotted capital I: i + combining dot
+        ("\u03a3\u03c2", "\u03c3\u03c3"),  # final sigma
+        ("caf\u00e9", "caf\u00e9"),  # composed and decomposed stay apart
+        ("1/_.-", "1/_.-"),
+    ],
+)
+def test_fold_case(name: str, folded: str) -> None:
+    assert fold_case(name) == folded
+    assert fold_case(folded) == folded
+
+
+def test_no_character_beyond_the_scanned_range_changes_when_folded() -> None:
+    """paths._unfolded looks for characters that fold to another below
+    _CASED_LIMIT only; this Python's Unicode database must agree."""
+    everywhere = {char for chars in _spellings_of().values() for char in chars}
+    unfolded = paths._unfolded()
+    assert everywhere - set(_spellings_of()) == set(unfolded)
+    assert max(len(folded) for folded in unfolded.values()) == 3
+    for char, folded in unfolded.items():
+        assert "/" not in folded and folded and fold_case(folded) == folded, char
+    for char in "/.*?[]!-\\":
+        assert fold_case(char) == char
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pattern=st.lists(GLOB_SEGMENTS, min_size=1, max_size=4).map("/".join),
+    path=st.lists(NAMES, max_size=2).map("/".join),
+)
+@example(pattern="?", path="\u1e9e")  # one character that folds to two: ss
+@example(pattern="S?", path="\u00df")  # and two characters that fold to one's
+@example(pattern="[!a]", path="a")  # "a" is also spelled "A", which [!a] matches
+@example(pattern="[\u00df]", path="SS")
+def test_a_glob_denies_every_spelling_of_what_it_denies(pattern: str, path: str) -> None:
+    """Fail closed: a glob denies a path exactly when, read case sensitively,
+    it matches some spelling of that path a case-insensitive filesystem takes
+    for the same name. So it denies whatever it matches as spelled, whatever
+    it matches under re.IGNORECASE, and every case variant of those."""
+    pattern = normalize_glob(pattern)
+    denied = glob_matches([pattern], path) is not None
+    event("denied" if denied else "allowed")
+    as_spelled = denied_as_spelled(pattern, path)
+    if as_spelled:
+        assert denied
+    variants = list(spellings(path))
+    assert path in variants or len(variants) == 5000
+    assert denied == any(denied_as_spelled(pattern, variant) for variant in variants)
+    for variant in (path.upper(), path.lower(), path.swapcase(), path.casefold(), path.title()):
+        assert (glob_matches([pattern], variant) is not None) == denied
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=st.lists(GLOB_SEGMENTS, min_size=1, max_size=4).map("/".join), path=PATHS)
+def test_a_glob_denies_what_ignorecase_matches(pattern: str, path: str) -> None:
+    """Python's re.IGNORECASE, applied to the glob read case sensitively, never
+    matches a path the glob lets through (the case-sensitive match being the
+    other half of "either way")."""
+    pattern = normalize_glob(pattern)
+    if denied_as_spelled(pattern, path, re.IGNORECASE) or denied_as_spelled(pattern, path):
+        assert glob_matches([pattern], path) is not None
+
+
+@settings(max_examples=500, deadline=None)
 @given(
     pattern=st.lists(GLOB_SEGMENTS, min_size=1, max_size=5).map("/".join),
-    relative=st.lists(NAMES, max_size=4).map("/".join),
-    beneath=st.lists(NAMES, max_size=4).map("/".join),
+    relative=PATHS,
+    beneath=PATHS,
 )
 def test_a_rebased_glob_denies_exactly_what_the_original_denied(
     pattern: str, relative: str, beneath: str
 ) -> None:
-    """For any path ``beneath`` the new root ``relative``: the original glob
-    denies ``relative/beneath`` iff the restated globs deny ``beneath`` (and a
-    glob that denies the new root itself denies all of it)."""
+    """For any path ``beneath`` the new root ``relative``, both spelled in any
+    mix of case: the original glob denies ``relative/beneath`` iff the
+    restated globs deny ``beneath`` (and a glob that denies the new root
+    itself, in whatever case, denies all of it, so it is refused)."""
     pattern = normalize_glob(pattern)
     rests = rebase_glob(pattern, relative)
     full = "/".join(part for part in (relative, beneath) if part)
     originally = glob_matches([pattern], full) is not None
     if rests is None:
+        event("the new root is denied")
+        assert glob_matches([pattern], relative) is not None
         assert originally
     else:
         assert originally == (glob_matches(rests, beneath) is not None)
+
+
+@FIXTURE_OK
+@given(
+    deny=st.lists(st.lists(GLOB_SEGMENTS, min_size=1, max_size=3).map("/".join), max_size=3),
+    relative=st.lists(NAMES, min_size=1, max_size=2).map("/".join),
+    beneath=PATHS,
+)
+def test_a_narrower_capability_denies_whatever_its_parent_denied(
+    workspace: Workspace, deny: list[str], relative: str, beneath: str
+) -> None:
+    """The validator's own algebra, end to end: constraints rebased for a
+    resource spelled in another case are refused if the parent denies that
+    resource, and otherwise deny every path beneath it the parent denies."""
+    constraints = FS.normalize_constraints({"deny": deny})
+    outer = FS.canonical_resource(f"file://{workspace.ws}/casefold")
+    inner = FS.canonical_resource(f"{outer}/{urllib.parse.quote(relative)}")
+    inner_path = f"{workspace.ws}/casefold/{relative}"
+    target = "/".join(part for part in (inner_path, beneath) if part)
+    parent = FS.check(outer, constraints, Use("create", target, 1))
+    try:
+        rebased = FS.rebase_constraints(constraints, outer, inner)
+    except ConstraintError:
+        event("refused")
+        assert FS.check(outer, constraints, Use("create", inner_path, 1)).reason == (
+            "denied_by_glob"
+        )
+        return
+    child = FS.check(inner, rebased, Use("create", target, 1))
+    assert child.allowed == parent.allowed, (rebased, parent, child)
+    if not parent.allowed:
+        assert child.reason == parent.reason == "denied_by_glob"
