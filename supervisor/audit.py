@@ -23,7 +23,6 @@ See docs/audit.md.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import random
@@ -414,10 +413,10 @@ class AuditLog:
     def _resume(self, known: AuditHead | None) -> AuditHead:
         """The head of the trail on disk, checked against the stored head."""
         last = AuditHead(0, GENESIS)
-        for path in [self._path, *rotated_siblings(self._path)]:
-            if not path.is_file():
-                continue
+        for path in self._files_newest_first():
             try:
+                if not path.is_file():
+                    continue
                 lines, partial = last_lines(path, 1)
             except OSError as error:
                 raise AuditUnavailable(f"cannot read the audit trail {path}: {error}") from error
@@ -485,10 +484,15 @@ class AuditLog:
 
     def _find_record(self, seq: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Record ``seq`` (searching the newest files first), and the record
-        with the lowest sequence number seen on the way."""
+        with the lowest sequence number seen on the way.
+
+        A file that cannot be read raises :class:`AuditUnavailable` rather
+        than ending the search: the records seen before it are all newer, and
+        with ``keep`` a head merely unread would pass for one rotated away.
+        """
         oldest: dict[str, Any] | None = None
-        with contextlib.suppress(OSError):
-            for path in reversed(trail_files([self._path], include_rotated=True)):
+        for path in self._files_newest_first():
+            try:
                 if not path.is_file():
                     continue
                 for raw in iter_lines([path]):
@@ -499,7 +503,23 @@ class AuditLog:
                         return record, record
                     if oldest is None or record["seq"] < oldest["seq"]:
                         oldest = record
+            except OSError as error:
+                raise AuditUnavailable(f"cannot read the audit trail {path}: {error}") from error
         return None, oldest
+
+    def _files_newest_first(self) -> list[Path]:
+        """The live file and its rotated files, newest first.
+
+        Raises :class:`AuditUnavailable` if the directory cannot be listed:
+        the start-up checks would otherwise see only the live file and could
+        take a head kept in a rotated file for one rotated away.
+        """
+        try:
+            return [self._path, *rotated_siblings(self._path)]
+        except OSError as error:
+            raise AuditUnavailable(
+                f"cannot list the audit trail's rotated files in {self._path.parent}: {error}"
+            ) from error
 
 
 def _fsync_dir(directory: Path) -> None:

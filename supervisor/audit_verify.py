@@ -70,12 +70,17 @@ class VerifyResult:
 
 
 def rotated_siblings(path: Path) -> list[Path]:
-    """``PATH.N`` files next to ``path``, newest (lowest N) first."""
+    """``PATH.N`` files next to ``path``, newest (lowest N) first.
+
+    A directory that does not exist has none; one that cannot be listed
+    raises ``OSError``, since its rotated files are then unknown, not absent:
+    taking them as absent would let a check pass on the newer records alone.
+    """
     found = []
     prefix = path.name + "."
     try:
         children = list(path.parent.iterdir())
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     for child in children:
         name = child.name

@@ -6,8 +6,9 @@ import errno
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from capsup.agents.errors import AuditUnavailable
@@ -287,6 +288,129 @@ def test_a_head_rotated_out_with_its_whole_file_is_no_tampering(tmp_path: Path) 
         assert log.head.seq == 31
     with pytest.raises(AuditTampered):  # without keep, nothing may have rotated away
         AuditLog(path, known_head=early)
+
+
+class BadSector:
+    """A file that yields its first ``good`` lines, then fails the way a
+    failing disk does (EIO)."""
+
+    def __init__(self, stream: IO[bytes], good: int, path: Path) -> None:
+        self._stream = stream
+        self._good = good
+        self._path = path
+
+    def __enter__(self) -> BadSector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from itertools.islice(self._stream, self._good)
+        raise OSError(errno.EIO, "Input/output error", str(self._path))
+
+
+def make_unreadable(monkeypatch: pytest.MonkeyPatch, target: Path, good: int | None) -> None:
+    """Reading ``target`` fails: at open (EACCES) when ``good`` is None, else
+    after ``good`` lines. Patched rather than chmod-ed because the tests may
+    run as root, whom file modes do not stop."""
+    real_open = Path.open
+
+    def opener(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self != target:
+            return real_open(self, *args, **kwargs)
+        if good is None:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return BadSector(real_open(self, *args, **kwargs), good, self)
+
+    monkeypatch.setattr(Path, "open", opener)
+
+
+def make_unlistable(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Listing ``directory`` fails with EACCES (a directory without read
+    permission, which root would still list)."""
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Iterator[Path]:
+        if self == directory:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+
+
+def seqs_in(path: Path) -> list[int]:
+    return [r["seq"] for r in records(path)]
+
+
+def rotated_trail(path: Path, head_seq: int) -> tuple[AuditHead, Path]:
+    """30 records over several rotated files, all kept; the head as it was
+    at ``head_seq`` and the file that holds that record."""
+    with AuditLog(path, max_bytes=1500) as log:
+        for n in range(30):
+            log(ev(n=n))
+            if log.head.seq == head_seq:
+                head = log.head
+    holder = next(p for p in trail_files([path], include_rotated=True) if head_seq in seqs_in(p))
+    return head, holder
+
+
+@pytest.mark.parametrize("good", [None, 1], ids=["at-open", "partway"])
+def test_an_unreadable_trail_file_at_start_up_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, good: int | None
+) -> None:
+    # The head is the second record of an older file; every newer file reads
+    # fine. Had the search stopped quietly at the unreadable file, "at-open"
+    # would have seen only records past head + 1 and, with keep, taken the
+    # head for rotated away; "partway" would have called it deleted.
+    path = tmp_path / "audit.jsonl"
+    head, holder = rotated_trail(path, 10)
+    assert seqs_in(holder)[1] == head.seq and holder != path
+    make_unreadable(monkeypatch, holder, good)
+    with pytest.raises(AuditUnavailable) as caught:
+        AuditLog(path, keep=10, known_head=head)
+    assert not isinstance(caught.value, AuditTampered)  # unread is not tampered
+    message = str(caught.value)
+    assert f"cannot read the audit trail {holder}" in message
+    assert ("Permission denied" if good is None else "Input/output error") in message
+    AuditLog(path).close()  # the refusal let go of the trail's lock
+
+
+def test_a_trail_directory_that_cannot_be_listed_at_start_up_fails_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seeing no rotated files, the check would find only records past
+    # head + 1 in the live file and, with keep, take the head for rotated away.
+    path = tmp_path / "audit.jsonl"
+    head, _ = rotated_trail(path, 10)
+    make_unlistable(monkeypatch, tmp_path)
+    with pytest.raises(AuditUnavailable) as caught:
+        AuditLog(path, keep=10, known_head=head)
+    assert f"cannot list the audit trail's rotated files in {tmp_path}" in str(caught.value)
+    assert "Permission denied" in str(caught.value)
+
+
+def test_rotation_with_an_unlistable_directory_keeps_the_older_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taking "cannot list" for "none there" would rename the live file over
+    # PATH.1 and lose the records in it.
+    path = tmp_path / "audit.jsonl"
+    errors: list[OSError] = []
+    rotated = path.with_name("audit.jsonl.1")
+    with AuditLog(path, max_bytes=1500, on_error=errors.append) as log:
+        for _ in range(10):  # about four records fill a file
+            log(ev())
+        before = rotated.read_bytes()
+        make_unlistable(monkeypatch, tmp_path)
+        for _ in range(10):
+            log(ev())
+        assert rotated.read_bytes() == before
+        assert errors and errors[0].errno == errno.EACCES
+        monkeypatch.undo()
+        log(ev())  # rotation is tried again, and now succeeds
+    assert path.with_name("audit.jsonl.2").read_bytes() == before
+    assert verify([path]).ok
 
 
 def test_reopen_refuses_a_partial_last_line(tmp_path: Path) -> None:
