@@ -28,12 +28,12 @@ from typing import Any
 from capsup.agents.protocol import Op
 from capsup.supervisor.events import Event, EventType, ViolationKind
 from capsup.supervisor.metric_families import OTHER, CounterFamily, HistogramFamily, PlainCollector
+from capsup.supervisor.processes import EXIT_REASONS
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 __all__ = [
     "DEFAULT_OPS",
-    "EXIT_REASONS",
     "LATENCY_BUCKETS",
     "Metrics",
     "MetricsServer",
@@ -66,12 +66,6 @@ CASCADE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 #: The wire ops (docs/protocol.md), taken from the protocol's own table so
 #: a new op is never counted as ``other``; the server may pass its own.
 DEFAULT_OPS: tuple[str, ...] = tuple(Op)
-
-#: How an agent process ended: ``exit`` (status 0), ``error`` (non-zero
-#: status), ``signal`` (killed by a signal it was not sent by capsup),
-#: ``crash`` (a fault signal: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT),
-#: ``killed`` (capsup ended it: shutdown, timeout, revocation), ``other``.
-EXIT_REASONS = ("exit", "error", "signal", "crash", "killed", "other")
 
 _VALIDATED = EventType.CAPABILITY_VALIDATED
 
@@ -219,7 +213,8 @@ class Metrics:
         self._running.set_function(source)
 
     def agent_exited(self, reason: str) -> None:
-        """An agent ended; ``reason`` is one of :data:`EXIT_REASONS`."""
+        """An agent ended; ``reason`` is one of
+        :data:`~capsup.supervisor.processes.EXIT_REASONS`."""
         self._exits.inc(reason)
 
     def observe_revocation_cascade(self, size: int) -> None:

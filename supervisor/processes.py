@@ -18,11 +18,19 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
 
 import psutil
 from capsup.agents.errors import SpawnFailed
 
-__all__ = ["AgentProcess", "ProcessTable", "exit_status", "new_agent_id"]
+__all__ = [
+    "EXIT_REASONS",
+    "AgentProcess",
+    "ExitReason",
+    "ProcessTable",
+    "exit_status",
+    "new_agent_id",
+]
 
 _NOT_IN_IDS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -42,6 +50,17 @@ _FAULT_SIGNALS = frozenset(
         signal.SIGTRAP,
     }
 )
+
+#: How an agent process ended, as :attr:`AgentProcess.exit_reason` decides:
+#: ``exit`` (status 0), ``error`` (another status), ``signal`` (a signal
+#: capsup did not send), ``crash`` (one of the fault signals above),
+#: ``killed`` (a signal capsup sent: shutdown, timeout, revocation), or
+#: ``other`` while it still runs. Defined here, next to the code that
+#: decides, so the audit's ``reason`` and the labels of
+#: ``capsup_agent_exits_total`` (:mod:`~capsup.supervisor.metrics`, in this
+#: order) cannot drift apart; mypy holds ``exit_reason`` to the Literal.
+ExitReason = Literal["exit", "error", "signal", "crash", "killed", "other"]
+EXIT_REASONS: Final[tuple[ExitReason, ...]] = get_args(ExitReason)
 
 
 @dataclass(eq=False)
@@ -71,11 +90,9 @@ class AgentProcess:
         return self.returncode is None
 
     @property
-    def exit_reason(self) -> str:
+    def exit_reason(self) -> ExitReason:
         """How it ended, for the audit and the ``capsup_agent_exits_total``
-        label: ``exit`` (status 0), ``error`` (another status), ``killed`` (by
-        a signal capsup sent), ``crash`` (a fault signal), ``signal`` (any
-        other signal), or ``other`` while it still runs."""
+        label; one of :data:`EXIT_REASONS`."""
         if self.returncode is None:
             return "other"
         if self.returncode >= 0:

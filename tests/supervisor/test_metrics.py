@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -12,11 +14,11 @@ import pytest
 from capsup.supervisor.events import Event, EventType, ViolationKind
 from capsup.supervisor.metrics import (
     DEFAULT_OPS,
-    EXIT_REASONS,
     Metrics,
     parse_listen,
     serve_metrics,
 )
+from capsup.supervisor.processes import EXIT_REASONS, AgentProcess
 from prometheus_client import REGISTRY
 
 E = EventType
@@ -108,6 +110,26 @@ def test_labels_never_take_client_chosen_values() -> None:
     }
     allowed = {*EventType, *ViolationKind, *DEFAULT_OPS, *EXIT_REASONS, "other", "allow", "deny"}
     assert labels <= {str(v) for v in allowed}
+
+
+def test_every_way_an_agent_can_end_has_an_exit_label_of_its_own() -> None:
+    # Every end exit_reason can see: still running, each kind of status, and
+    # every signal, sent by capsup or not. A reason outside the label set
+    # would be counted as "other", and the metric would disagree with the audit.
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    ends: list[tuple[int | None, set[int]]] = [(None, set()), (0, set()), (1, set()), (255, set())]
+    ends += [(-signum, sent) for signum in signal.Signals for sent in (set(), {signum})]
+    reasons = {
+        AgentProcess("agent-x", "x", ended, 0.0, -1, returncode=code, signals_sent=sent).exit_reason
+        for code, sent in ends
+    }
+    assert reasons == set(EXIT_REASONS)  # and no label is left that nothing returns
+    m = Metrics()
+    for reason in reasons:
+        m.agent_exited(reason)
+    for reason in EXIT_REASONS:
+        assert value(m, "capsup_agent_exits_total", reason=reason) == 1
 
 
 def test_each_instance_has_its_own_registry_and_the_global_one_stays_clean() -> None:
