@@ -240,9 +240,14 @@ def request_payload(frames: Sequence[bytes], envelope: Sequence[bytes]) -> bytes
 
 
 # -- the envelope -----------------------------------------------------------
+#
+# Parsed messages are slotted records, not frozen ones: a frozen dataclass
+# sets each field through object.__setattr__, which makes it four times as
+# dear to build, and a request is built and read once, by the loop that
+# parsed it. Nothing keeps or shares one.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """A checked request envelope; ``args`` still needs its op's parser."""
 
@@ -265,13 +270,15 @@ def parse_request(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request
     message = decode(data, max_bytes=max_bytes)
     if not isinstance(message, dict):
         raise BadRequest(f"a request must be a msgpack map, not {_wire_type(message)}")
-    unknown = message.keys() - _ENVELOPE_KEYS
-    if unknown:
+    if not _ENVELOPE_KEYS.issuperset(message):
+        unknown = message.keys() - _ENVELOPE_KEYS
         raise BadRequest(f"unknown request field {_quote(min(unknown))}")
     for key in ("id", "op"):
         if key not in message:
             raise BadRequest(f"request field {key!r} is missing")
-    request_id = _check_request_id(message["id"])
+    request_id = message["id"]
+    if type(request_id) is not int:  # an int needs no check; anything else does
+        request_id = _check_request_id(request_id)
     op = message["op"]
     if not isinstance(op, str):
         raise BadRequest(f"request field 'op' must be a str, not {_wire_type(op)}")
@@ -288,7 +295,7 @@ def parse_request(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request
     trace_id = message.get("trace_id")
     if trace_id is not None:
         trace_id = _check_trace_id(trace_id)
-    return Request(id=request_id, op=known, args=args, trace_id=trace_id)
+    return Request(request_id, known, args, trace_id)
 
 
 #: Ops by wire name (a dict lookup; calling ``Op(name)`` costs ten times more).
@@ -361,7 +368,7 @@ def error_reply(request_id: RequestId | None, error: CapsupError, trace_id: str 
     return encode({"id": request_id, "ok": False, "error": error.to_wire(), "trace_id": trace_id})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """A checked reply: ``error`` is the exception to raise when ``ok`` is false."""
 
@@ -433,23 +440,30 @@ class _Fields:
             raise BadRequest(f"{where} must be a map, not {_wire_type(args)}")
         self._args: Mapping[str, Any] = args
         self._where = where
-        self._taken: set[str] = set()
+        self._taken: list[str] = []
+        # Fields taken that were present: when it reaches len(args), none is
+        # left over, and done() needs no set difference.
+        self._present = 0
 
     def required(self, key: str, check: Callable[[object, str], _T]) -> _T:
-        self._taken.add(key)
+        self._taken.append(key)
         if key not in self._args:
             raise BadRequest(f"{self._where}.{key} is required")
+        self._present += 1
         return check(self._args[key], f"{self._where}.{key}")
 
     def optional(self, key: str, check: Callable[[object, str], _T]) -> _T | None:
         """The checked value, or ``None`` when the field is absent or nil."""
-        self._taken.add(key)
-        value = self._args.get(key)
+        self._taken.append(key)
+        if key not in self._args:
+            return None
+        self._present += 1
+        value = self._args[key]
         return None if value is None else check(value, f"{self._where}.{key}")
 
     def done(self) -> None:
-        unknown = self._args.keys() - self._taken
-        if unknown:
+        if self._present != len(self._args):
+            unknown = self._args.keys() - set(self._taken)
             raise BadRequest(f"{self._where}: unknown field {_quote(min(unknown))}")
 
 
@@ -564,17 +578,17 @@ def _array(value: object, name: str, max_items: int) -> list[Any] | tuple[Any, .
     return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WhoamiArgs:
     """``whoami`` takes no arguments."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ListArgs:
     """``list`` takes no arguments."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestArgs:
     """``request``: ask the kernel for a new capability.
 
@@ -589,7 +603,7 @@ class RequestArgs:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ValidateArgs:
     """``validate``: may this capability perform ``operation`` on ``resource``?
 
@@ -604,7 +618,7 @@ class ValidateArgs:
     statement: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DelegateArgs:
     """``delegate``: derive a narrower capability for agent ``to``.
 
@@ -620,28 +634,28 @@ class DelegateArgs:
     ttl: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RevokeArgs:
     """``revoke``: revoke one capability and everything delegated from it."""
 
     capability: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RevokeAgentArgs:
     """``revoke_agent``: revoke everything one agent holds."""
 
     agent: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestPlanArgs:
     """``request_plan``: several requests granted all together or not at all."""
 
     requests: tuple[RequestArgs, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpawnGrant:
     """One capability to delegate to a spawned agent; ``None`` fields inherit."""
 
@@ -652,7 +666,7 @@ class SpawnGrant:
     ttl: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpawnArgs:
     """``spawn``: start a sub-agent and delegate capabilities to it."""
 
@@ -661,7 +675,7 @@ class SpawnArgs:
     capabilities: tuple[SpawnGrant, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WaitArgs:
     """``wait``: block until a sub-agent exits; ``timeout`` ``None`` waits forever."""
 
