@@ -486,11 +486,15 @@ class AuditLog:
         """Record ``seq`` (searching the newest files first), and the record
         with the lowest sequence number seen on the way.
 
+        Both are checked against their hashes, and a line that is not a
+        record is tampering (:class:`AuditTampered`): the checks that use
+        them must not rest on an edited record or skip over one.
         A file that cannot be read raises :class:`AuditUnavailable` rather
         than ending the search: the records seen before it are all newer, and
         with ``keep`` a head merely unread would pass for one rotated away.
         """
         oldest: dict[str, Any] | None = None
+        oldest_path = self._path
         for path in self._files_newest_first():
             try:
                 if not path.is_file():
@@ -498,14 +502,21 @@ class AuditLog:
                 for raw in iter_lines([path]):
                     record = parse_line(raw.data)
                     if record is None:
-                        continue
+                        # Every line was written whole as a record (a cut last
+                        # line was refused already): garbage is an edit, and
+                        # skipping it could skip the very record looked for.
+                        raise AuditTampered(
+                            f"{path} holds a line that is not an audit record",
+                            seq=0,
+                            reason="edited",
+                        )
                     if record["seq"] == seq:
-                        return record, record
+                        return _intact(record, path), record
                     if oldest is None or record["seq"] < oldest["seq"]:
-                        oldest = record
+                        oldest, oldest_path = record, path
             except OSError as error:
                 raise AuditUnavailable(f"cannot read the audit trail {path}: {error}") from error
-        return None, oldest
+        return None, None if oldest is None else _intact(oldest, oldest_path)
 
     def _files_newest_first(self) -> list[Path]:
         """The live file and its rotated files, newest first.
@@ -520,6 +531,18 @@ class AuditLog:
             raise AuditUnavailable(
                 f"cannot list the audit trail's rotated files in {self._path.parent}: {error}"
             ) from error
+
+
+def _intact(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``record``, if its hash is the hash of its content; a record the
+    start-up checks rely on must not have been edited under its old hash."""
+    if record_hash(record) != record["hash"]:
+        raise AuditTampered(
+            f"record {record['seq']} in {path} does not match its hash",
+            seq=record["seq"],
+            reason="edited",
+        )
+    return record
 
 
 def _fsync_dir(directory: Path) -> None:

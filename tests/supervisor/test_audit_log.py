@@ -277,6 +277,53 @@ def test_reopen_detects_a_trail_replaced_by_records_after_the_head(tmp_path: Pat
     assert (caught.value.seq, caught.value.reason) == (11, "rewritten")
 
 
+def test_reopen_detects_the_heads_record_edited_under_its_old_hash(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for n in range(5):
+            log(ev(n=n))
+            if n == 2:
+                head = log.head
+    lines = path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[2])
+    record["principal"] = "somebody-else"  # the hash field left as it was
+    lines[2] = (json.dumps(record, sort_keys=True) + "\n").encode()
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, keep=3, known_head=head)
+    assert (caught.value.seq, caught.value.reason) == (3, "edited")
+
+
+def test_reopen_does_not_skip_a_line_put_in_place_of_the_heads_record(tmp_path: Path) -> None:
+    """With ``keep``, a missing head passes if every record left is newer and
+    the next links to it: garbage in the head's place must not pass for that."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for n in range(5):
+            log(ev(n=n))
+            if n == 0:
+                head = log.head
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([b"not a record\n", *lines[1:]]))
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, keep=3, known_head=head)
+    assert caught.value.reason == "edited"
+
+
+def test_reopen_checks_the_hash_of_the_record_that_must_link_to_the_head(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    head = write_trail(path, 10)
+    eleven, twelve = forged_records(11, 2, head.hash).splitlines(keepends=True)
+    edited = json.loads(eleven)
+    edited["event"] = "capability_revoked"  # after it was hashed; 12 still links to it
+    path.write_bytes((json.dumps(edited, sort_keys=True) + "\n").encode() + twelve)
+    with pytest.raises(AuditTampered) as caught:
+        AuditLog(path, keep=3, known_head=head)
+    assert (caught.value.seq, caught.value.reason) == (11, "edited")
+
+
 def test_a_head_rotated_out_with_its_whole_file_is_no_tampering(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     with AuditLog(path, max_bytes=1500, keep=1) as log:
