@@ -320,13 +320,26 @@ def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | 
 
     ``relative`` is a path beneath the capability root without a leading
     slash ("" for the root itself). Matching an ancestor is what makes a
-    denied directory deny everything inside it. Case does not count (see
-    :func:`fold_case`): a pattern denies every spelling of a name that
-    differs from one it matches only in case.
+    denied directory deny everything inside it.
+
+    Case does not count: a glob denies a name it matches in either of two
+    readings, chosen name by name. By character: the glob matches the name
+    as spelled, or respelled with characters that fold alike (``SECRET.KEY``
+    for ``secret.key``, ``\u1e9e`` for ``\u00df``). Folded: the glob's
+    folding matches the name's (:func:`fold_case`; ``stra\u00dfe`` denies
+    ``STRASSE``), ``?`` and a class standing for one folded character.
     """
     folded = relative.lower() if relative.isascii() else fold_case(relative)
+    if len(folded) == len(relative):
+        # No character folds to several (ASCII never does): then the folded
+        # reading matches whatever the by-character one would.
+        for pattern in patterns:
+            if _compile(pattern).fullmatch(folded):
+                return pattern
+        return None
+    both = "/".join(f"{fold_case(name)}\0{_by_character(name)}" for name in relative.split("/"))
     for pattern in patterns:
-        if _compile(pattern).fullmatch(folded):
+        if _compile_both(pattern).fullmatch(both):
             return pattern
     return None
 
@@ -336,7 +349,7 @@ def fold_case(text: str) -> str:
     filesystem may take for one file fold to the same string.
 
     Unicode full case folding (:meth:`str.casefold`, as ext4 and f2fs
-    casefold directories fold, ``Straße`` -> ``strasse``), with the dotless
+    casefold directories fold, ``Stra\u00dfe`` -> ``strasse``), with the dotless
     i (U+0131) folded to ``i`` as well, because exFAT, NTFS and SMB servers
     compare upper-cased names and it upper-cases to ``I``. Folding works
     character by character, never yields ``/`` or an empty string, and its
@@ -347,6 +360,14 @@ def fold_case(text: str) -> str:
     return text.casefold().replace("\u0131", "i")
 
 
+def _by_character(text: str) -> str:
+    """``text`` with each character replaced by the one that stands for all
+    characters folding alike: its folding when that is one character, else
+    the first character with that folding (``\u00df`` for ``\u00df`` and
+    ``\u1e9e``, whose folding is ``ss``). As long as ``text``."""
+    return text.translate(_representatives()[1])
+
+
 def rebase_glob(pattern: str, relative: str) -> list[str] | None:
     """``pattern`` (relative to a root) said of the directory ``relative``
     beneath that root: the globs that deny, relative to it, exactly what
@@ -355,7 +376,7 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
 
     Needed wherever a capability is narrowed to a deeper root: a glob copied
     unchanged would be read relative to the new root and deny other paths.
-    Segments are compared as :func:`glob_matches` compares them, ignoring
+    Names are compared as :func:`glob_matches` compares them, ignoring
     case, so ``data/**`` denies a new root spelled ``DATA`` and ``data/*.key``
     restated for ``DATA`` is ``*.key``. What remains of the pattern keeps its
     spelling; it ignores case again wherever it is checked.
@@ -363,7 +384,7 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
     segments = pattern.split("/")
     while segments and segments[-1] == "**":  # "a/**" matches what "a" matches
         segments.pop()
-    names = [fold_case(name) for name in relative.split("/") if name]
+    names = [name for name in relative.split("/") if name]
     rests: set[str] = set()
     # States (glob segments consumed, names consumed); "**" may take any
     # number of names, so there can be several ways through.
@@ -381,61 +402,92 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
             rests.add("/".join(segments[at:]))
         elif segments[at] == "**":
             pending += [(at + 1, taken), (at, taken + 1)]
-        elif _compile_segment(segments[at]).fullmatch(names[taken]):
+        elif _segment_matches(segments[at], names[taken]):
             pending.append((at + 1, taken + 1))
     return sorted(rests)
 
 
+def _segment_matches(segment: str, name: str) -> bool:
+    """Whether one glob segment denies one name, as :func:`glob_matches` reads it."""
+    folded = fold_case(name)
+    if _compile_segment(segment, by_character=False).fullmatch(folded):
+        return True
+    return len(folded) != len(name) and bool(
+        _compile_segment(segment, by_character=True).fullmatch(_by_character(name))
+    )
+
+
 @functools.lru_cache(maxsize=1024)
-def _compile_segment(segment: str) -> re.Pattern[str]:
-    """One glob segment, to be matched against a folded name."""
-    return re.compile(_segment_regex(segment), re.DOTALL)
+def _compile_segment(segment: str, *, by_character: bool) -> re.Pattern[str]:
+    return re.compile(_segment_regex(segment, by_character=by_character), re.DOTALL)
 
 
 @functools.lru_cache(maxsize=1024)
 def _compile(pattern: str) -> re.Pattern[str]:
-    """Translate a normalized glob into an anchored regular expression that
-    is matched against a folded path (:func:`fold_case`).
+    """Translate a normalized glob into an anchored regular expression,
+    matched against a folded path that no character of folds to several.
 
     ``*`` and ``?`` never cross a ``/``; ``**`` as a whole segment spans any
     number of segments; ``[...]`` is a character class (``[!...]`` negated).
     The regex also matches every path beneath a match.
-
-    The regex matches the folding of every path the glob matches, and
-    nothing else: a literal stands for its folding, ``?`` for the folding
-    of any one character (which may be several: ``ß`` is ``ss``), and a
-    class for the foldings of its members (or, negated, of every other
-    character). So it matches a folded path exactly when the glob, read case
-    sensitively, matches some spelling of that path.
     """
+    return _glob_regex(pattern, lambda segment: _segment_regex(segment, by_character=False))
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_both(pattern: str) -> re.Pattern[str]:
+    """:func:`_compile` for a path given as each name's folding, a NUL, and
+    its by-character form: each glob segment matches a name in one reading
+    or the other.
+
+    Each choice is an atomic group: both alternatives take the whole name,
+    so the first that matches is as good as the other, and a failure later
+    on never tries the second (no backtracking that doubles per segment).
+    """
+
+    def either(segment: str) -> str:
+        folded = _segment_regex(segment, by_character=False, one=_ONE_OF_BOTH)
+        by_character = _segment_regex(segment, by_character=True, one=_ONE_OF_BOTH)
+        return f"(?>{folded}\\0[^/]*|[^/\\0]*\\0{by_character})"
+
+    return _glob_regex(pattern, either)
+
+
+def _glob_regex(pattern: str, segment_regex: Callable[[str], str]) -> re.Pattern[str]:
     segments = pattern.split("/")
     while segments and segments[-1] == "**":  # "a/**/**" matches what "a" matches
         segments.pop()
+    if not segments:
+        return re.compile(r".*", re.DOTALL)
     pieces: list[str] = []
     for index, segment in enumerate(segments):
         last = index == len(segments) - 1
         if segment == "**":
             pieces.append("(?:[^/]+/)*")
         else:
-            pieces.append(_segment_regex(segment) + ("" if last else "/"))
-    body = "".join(pieces)
-    if not segments:
-        return re.compile(r".*", re.DOTALL)
+            pieces.append(segment_regex(segment) + ("" if last else "/"))
     # (?=.): a glob with a segment names something beneath the root, never
     # the root itself (whose relative path is ""), even if ``*`` could be empty.
-    return re.compile(r"(?=.)" + body + r"(?:/.*)?", re.DOTALL)
+    return re.compile(r"(?=.)" + "".join(pieces) + r"(?:/.*)?", re.DOTALL)
 
 
-def _segment_regex(segment: str) -> str:
-    """The regex of one glob segment, matched against folded names."""
+#: One character of a name: never ``/``, nor the NUL between two readings.
+_ONE = "[^/]"
+_ONE_OF_BOTH = "[^/\\0]"
+
+
+def _segment_regex(segment: str, *, by_character: bool, one: str = _ONE) -> str:
+    """The regex of one glob segment, for names folded (or, with
+    ``by_character``, by character). ``one`` matches one character."""
+    spell = _by_character if by_character else fold_case
     out: list[str] = []
     i = 0
     while i < len(segment):
         ch = segment[i]
         if ch == "*":
-            out.append("[^/]*")
+            out.append(one + "*")
         elif ch == "?":
-            out.append(_any_one())
+            out.append(one)
         elif ch == "[":
             end = segment.find("]", i + 2 if segment[i + 1 : i + 2] in ("!", "]") else i + 1)
             if end < 0:
@@ -446,12 +498,38 @@ def _segment_regex(segment: str) -> str:
                 if negate:
                     body = body[1:]
                 body = body.replace("\\", "\\\\").replace("[", "\\[").replace("^", "\\^")
-                out.append(_class_regex(body, negate))
+                out.append(_class_regex(body, negate, by_character) + one)
                 i = end
         else:
-            out.append(re.escape(fold_case(ch)))
+            out.append(re.escape(spell(ch)))
         i += 1
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_regex(body: str, negate: bool, by_character: bool) -> str:
+    """A lookahead for one character that a class (``body``, escaped for a
+    regex class) admits, in a folded or by-character name: a character some
+    member spells so (negated: some character outside the class and ``/``).
+
+    A character that is spelled as itself stands for itself, so the class as
+    written (negated or not) admits exactly those; the spellings of the
+    others it admits are added. In a lookahead, which never backtracks, so
+    that a character both admit gives one way through, not two; the
+    character itself is then taken by ``one`` (never ``/``, so that ranges
+    such as ``[.-0]`` do not match it).
+    """
+    members = re.compile(f"[{body}]", re.DOTALL)  # raises re.error for [z-a]
+    spellings = _representatives()[0] if by_character else _unfolded()
+    extra = {
+        spelled
+        for char, spelled in spellings.items()
+        if len(spelled) == 1 and (members.fullmatch(char) is None) is negate
+    }
+    own = f"[{'^' if negate else ''}{body}]"
+    if extra:
+        own += "|[" + "".join(re.escape(char) for char in sorted(extra)) + "]"
+    return f"(?={own})"
 
 
 #: Unicode assigns no cased character at or above this code point (planes 2
@@ -462,7 +540,8 @@ _CASED_LIMIT = 0x20000
 
 @functools.cache
 def _unfolded() -> dict[str, str]:
-    """Every character that does not fold to itself, with its folding."""
+    """Every character that does not fold to itself, with its folding, in
+    code point order."""
     table: dict[str, str] = {}
     for code in range(_CASED_LIMIT):
         if 0xD800 <= code < 0xE000:  # surrogates: never in a decoded name
@@ -474,41 +553,17 @@ def _unfolded() -> dict[str, str]:
     return table
 
 
-def _alternatives(singles: set[str], longer: set[str]) -> str:
-    """Alternatives that match one of the ``singles`` characters, or one of
-    the ``longer`` strings (empty when there are none)."""
-    parts: list[str] = []
-    if singles:
-        parts.append("[" + "".join(re.escape(char) for char in sorted(singles)) + "]")
-    parts += [re.escape(text) for text in sorted(longer, key=lambda t: (-len(t), t))]
-    return "|".join(parts)
-
-
 @functools.cache
-def _any_one() -> str:
-    """``?``: any one character but ``/``, folded. Most characters fold to a
-    single one, which ``[^/]`` matches; the rest fold to several."""
-    longer = {folded for folded in _unfolded().values() if len(folded) > 1}
-    return f"(?:[^/]|{_alternatives(set(), longer)})"
-
-
-@functools.lru_cache(maxsize=1024)
-def _class_regex(body: str, negate: bool) -> str:
-    """A character class (``body`` escaped for a regex class) read against
-    folded names: the foldings of its members, or of every character but its
-    members and ``/`` when it is negated.
-
-    A character that folds to itself stands for itself, so the class as
-    written (negated or not) matches exactly those; the foldings of the
-    other characters it admits are added as alternatives. The lookahead
-    keeps ranges such as ``[.-0]`` from matching ``/``.
-    """
-    members = re.compile(f"[{body}]", re.DOTALL)  # raises re.error for [z-a]
-    singles: set[str] = set()
-    longer: set[str] = set()
+def _representatives() -> tuple[dict[str, str], dict[int, str]]:
+    """Every character that :func:`_by_character` replaces, with its
+    replacement; and the same as a :meth:`str.translate` table."""
+    first: dict[str, str] = {}
     for char, folded in _unfolded().items():
-        if (members.fullmatch(char) is None) is negate:
-            (singles if len(folded) == 1 else longer).add(folded)
-    own = f"(?!/)[{'^' if negate else ''}{body}]"
-    extra = _alternatives(singles, longer)
-    return f"(?:{own}|{extra})" if extra else own
+        if len(folded) > 1:
+            first.setdefault(folded, char)
+    table: dict[str, str] = {}
+    for char, folded in _unfolded().items():
+        spelled = folded if len(folded) == 1 else first[folded]
+        if spelled != char:
+            table[char] = spelled
+    return table, {ord(char): spelled for char, spelled in table.items()}
