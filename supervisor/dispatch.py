@@ -20,21 +20,22 @@ from capsup.validators import Use
 __all__ = ["capability_request", "dispatch_kernel_op"]
 
 
-#: Wire forms of recently validated capabilities. A capability never changes,
-#: so its map is built once, not on every validate (the hot path).
-_WIRE_CACHE: dict[str, tuple[Capability, dict[str, Any]]] = {}
-_WIRE_CACHE_SIZE = 65536
+#: The ``validate`` result of recently validated capabilities, encoded. A
+#: capability never changes, so its result is encoded once, not on every
+#: validate (the hot path).
+_VALIDATED: dict[str, tuple[Capability, p.Packed]] = {}
+_VALIDATED_SIZE = 65536
 
 
-def _wire_of(cap: Capability) -> dict[str, Any]:
-    cached = _WIRE_CACHE.get(cap.id)
+def _validated(cap: Capability) -> p.Packed:
+    cached = _VALIDATED.get(cap.id)
     if cached is not None and cached[0] is cap:
         return cached[1]
-    if len(_WIRE_CACHE) >= _WIRE_CACHE_SIZE:
-        _WIRE_CACHE.clear()
-    wire = cap.to_wire()
-    _WIRE_CACHE[cap.id] = (cap, wire)
-    return wire
+    if len(_VALIDATED) >= _VALIDATED_SIZE:
+        _VALIDATED.clear()
+    result = p.Packed(p.encode({"allowed": True, "capability": cap.to_wire()}))
+    _VALIDATED[cap.id] = (cap, result)
+    return result
 
 
 def capability_request(args: p.RequestArgs) -> CapabilityRequest:
@@ -45,13 +46,14 @@ def capability_request(args: p.RequestArgs) -> CapabilityRequest:
 
 def dispatch_kernel_op(
     kernel: Kernel, principal: Principal, args: p.OpArgs, *, now: float, trace_id: str
-) -> dict[str, Any]:
-    """Run one kernel op and shape its wire result. Raises CapsupError."""
+) -> dict[str, Any] | p.Packed:
+    """Run one kernel op and shape its wire result (for :func:`~capsup.agents.protocol.ok_reply`).
+    Raises CapsupError."""
     match args:
         case p.ValidateArgs():
             use = Use(args.operation, args.resource, args.size, args.statement)
             cap = kernel.validate(principal, args.capability, use, now=now, trace_id=trace_id)
-            return {"allowed": True, "capability": _wire_of(cap)}
+            return _validated(cap)
         case p.RequestArgs():
             cap = kernel.request(principal, capability_request(args), now=now, trace_id=trace_id)
             return cap.to_wire()

@@ -425,6 +425,7 @@ class Server:
         """Carry out an admitted request and answer it (``wait`` perhaps later).
         Refusals from here on were recorded by whoever refused."""
         trace_id = request.trace_id or new_trace_id()
+        result: dict[str, Any] | p.Packed | None
         try:
             if isinstance(args, _PROCESS_OPS):
                 result = self._process_op(peer, args, envelope, request.id, trace_id)
@@ -438,7 +439,9 @@ class Server:
         except Exception as error:  # a bug must not take the supervisor down
             self._internal_error(envelope, request.id, trace_id, error, peer, request.op)
 
-    def _kernel_op(self, principal: Principal, args: p.OpArgs, trace_id: str) -> dict[str, Any]:
+    def _kernel_op(
+        self, principal: Principal, args: p.OpArgs, trace_id: str
+    ) -> dict[str, Any] | p.Packed:
         """Dispatch to the kernel; a ``validate`` is timed for the metrics,
         allowed or refused."""
         now = time.time()

@@ -52,6 +52,7 @@ from capsup.agents.protocol import (
     DelegateArgs,
     ListArgs,
     Op,
+    Packed,
     Request,
     RequestArgs,
     RequestPlanArgs,
@@ -83,6 +84,8 @@ from capsup.agents.protocol import (
     request_payload,
     routing_envelope,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -371,6 +374,30 @@ def test_error_reply_shape() -> None:
         "code": "bad_request",
         "message": "bad",
     }
+
+
+_RESULTS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(
+    request_id=st.none() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=200),
+    result=_RESULTS,
+    trace_id=st.none() | st.text(max_size=200),
+)
+def test_a_packed_result_gives_the_very_bytes_of_the_unpacked_one(
+    request_id: Any, result: Any, trace_id: str | None
+) -> None:
+    packed = Packed(encode(result))
+    assert ok_reply(request_id, packed, trace_id) == ok_reply(request_id, result, trace_id)
+
+
+def test_a_packed_result_is_bounded_like_any_other() -> None:
+    with pytest.raises(MessageTooLarge):
+        ok_reply(1, Packed(encode("x" * (MAX_MESSAGE_BYTES - 10))), "t" * 100)
 
 
 def test_ok_reply_too_large() -> None:
