@@ -726,19 +726,21 @@ def _cap_event(
     reason: str | None = None,
     **detail: Any,
 ) -> Event:
+    # Positional: keywords make a named tuple half again as dear to build,
+    # and this builds the record of every validation.
     return Event(
         event,
         now,
         trace_id,
-        principal=principal.id if principal else None,
-        pid=principal.pid if principal else None,
-        capability_id=cap.id,
-        parent_id=cap.parent_id,
-        resource=cap.resource,
-        operation=operation,
-        decision=decision,
-        reason=reason,
-        detail={"holder": cap.holder, **detail},
+        principal.id if principal else None,
+        principal.pid if principal else None,
+        cap.id,
+        cap.parent_id,
+        cap.resource,
+        operation,
+        decision,
+        reason,
+        {"holder": cap.holder, **detail},
     )
 
 
