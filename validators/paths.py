@@ -334,12 +334,12 @@ def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | 
         # No character folds to several (ASCII never does): then the folded
         # reading matches whatever the by-character one would.
         for pattern in patterns:
-            if _compile(pattern).fullmatch(folded):
+            if _compile(pattern).match(folded):
                 return pattern
         return None
     both = "/".join(f"{fold_case(name)}\0{_by_character(name)}" for name in relative.split("/"))
     for pattern in patterns:
-        if _compile_both(pattern).fullmatch(both):
+        if _compile_both(pattern).match(both):
             return pattern
     return None
 
@@ -429,9 +429,12 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
     ``*`` and ``?`` never cross a ``/``; ``**`` as a whole segment spans any
     number of segments; ``[...]`` is a character class (``[!...]`` negated).
-    The regex also matches every path beneath a match.
+    The regex matches (:meth:`re.Pattern.match`, not ``fullmatch``) the
+    path up to the end of a name: the path or an ancestor of it.
     """
-    return _glob_regex(pattern, lambda segment: _segment_regex(segment, by_character=False))
+    return _glob_regex(
+        pattern, lambda segment: f"(?>{_segment_regex(segment, by_character=False)}(?![^/]))"
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -448,27 +451,45 @@ def _compile_both(pattern: str) -> re.Pattern[str]:
     def either(segment: str) -> str:
         folded = _segment_regex(segment, by_character=False, one=_ONE_OF_BOTH)
         by_character = _segment_regex(segment, by_character=True, one=_ONE_OF_BOTH)
-        return f"(?>{folded}\\0[^/]*|[^/\\0]*\\0{by_character})"
+        return f"(?>{folded}\\0[^/]*+|[^/\\0]*+\\0{by_character}(?![^/]))"
 
     return _glob_regex(pattern, either)
 
 
-def _glob_regex(pattern: str, segment_regex: Callable[[str], str]) -> re.Pattern[str]:
-    segments = pattern.split("/")
-    while segments and segments[-1] == "**":  # "a/**/**" matches what "a" matches
-        segments.pop()
-    if not segments:
-        return re.compile(r".*", re.DOTALL)
-    pieces: list[str] = []
-    for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
-        if segment == "**":
-            pieces.append("(?:[^/]+/)*")
-        else:
-            pieces.append(segment_regex(segment) + ("" if last else "/"))
+def _glob_regex(pattern: str, name_regex: Callable[[str], str]) -> re.Pattern[str]:
+    """The regex of a glob whose segment ``s`` matches one whole name where
+    ``name_regex(s)`` does: an atomic group that ends at the name's end.
+
+    It takes time bounded by the path's length times the glob's, however
+    many ``**`` there are. The glob's segments are runs of names separated
+    by ``**``, and a glob matching an ancestor, it ends in an implicit
+    ``**`` too. The first run is anchored at the start; every later one is
+    matched at its leftmost place after the one before, and that choice is
+    final (an atomic group around a lazy skip of whole names). A run always
+    takes as many names as it has segments, so its leftmost place also ends
+    first, which leaves the most names for the runs after it: if the path
+    matches at all, it matches so.
+    """
+    runs: list[list[str]] = [[]]
+    for segment in pattern.split("/"):
+        if segment != "**":
+            runs[-1].append(segment)
+        elif runs[-1] or len(runs) == 1:  # "**/**" skips what "**" skips
+            runs.append([])
+    if not runs[-1]:
+        runs.pop()  # "a/**" matches what "a" matches
+    if not any(runs):
+        return re.compile("", re.DOTALL)  # "**" alone: everything, the root too
     # (?=.): a glob with a segment names something beneath the root, never
     # the root itself (whose relative path is ""), even if ``*`` could be empty.
-    return re.compile(r"(?=.)" + "".join(pieces) + r"(?:/.*)?", re.DOTALL)
+    pieces = [r"(?=.)", "/".join(map(name_regex, runs[0]))]
+    for index, run in enumerate(runs[1:]):
+        names = "/".join(map(name_regex, run))
+        if index == 0 and not runs[0]:  # a leading "**": from the first name on
+            pieces.append(f"(?>(?:[^/]++/)*?{names})")
+        else:  # after a name: from the next name on
+            pieces.append(f"(?>(?:/[^/]++)*?/{names})")
+    return re.compile("".join(pieces), re.DOTALL)
 
 
 #: One character of a name: never ``/``, nor the NUL between two readings.
@@ -478,14 +499,41 @@ _ONE_OF_BOTH = "[^/\\0]"
 
 def _segment_regex(segment: str, *, by_character: bool, one: str = _ONE) -> str:
     """The regex of one glob segment, for names folded (or, with
-    ``by_character``, by character). ``one`` matches one character."""
+    ``by_character``, by character). ``one`` matches one character.
+
+    Matched against a whole name, it takes time bounded by the name's length
+    times the segment's, however many ``*`` there are. Between the stars are
+    chunks of a fixed length (literals, ``?``, classes: one character each,
+    or a letter's folding). The first chunk is anchored at the name's start
+    and the last at its end, where ``one*`` before it backtracks over a
+    single gap. Each chunk in between is taken at its leftmost place after
+    the previous one, and that choice is final (an atomic group around a
+    lazy gap): ending first, it leaves the most room for the chunks after
+    it, so if the name matches at all, it matches so.
+    """
+    chunks: list[list[str]] = [[]]
+    for atom in _segment_atoms(segment, by_character=by_character, one=one):
+        if atom is not None:
+            chunks[-1].append(atom)
+        elif chunks[-1] or len(chunks) == 1:  # "a**b" is "a*b"
+            chunks.append([])
+    if len(chunks) == 1:  # no star
+        return "".join(chunks[0])
+    first, *middle, last = ("".join(chunk) for chunk in chunks)
+    gaps = "".join(f"(?>{one}*?{chunk})" for chunk in middle)
+    return f"{first}{gaps}{one}*{last}" if last else f"{first}{gaps}{one}*+"
+
+
+def _segment_atoms(segment: str, *, by_character: bool, one: str) -> list[str | None]:
+    """The regex of each character of a glob segment that is not ``*``, each
+    of a fixed length, and None for each ``*``."""
     spell = _by_character if by_character else fold_case
-    out: list[str] = []
+    out: list[str | None] = []
     i = 0
     while i < len(segment):
         ch = segment[i]
         if ch == "*":
-            out.append(one + "*")
+            out.append(None)
         elif ch == "?":
             out.append(one)
         elif ch == "[":
@@ -503,7 +551,7 @@ def _segment_regex(segment: str, *, by_character: bool, one: str = _ONE) -> str:
         else:
             out.append(re.escape(spell(ch)))
         i += 1
-    return "".join(out)
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
