@@ -43,6 +43,8 @@ from capsup.validators._common import has_control_char
 from capsup.validators.base import Refusal
 
 __all__ = [
+    "MAX_GLOB_LENGTH",
+    "MAX_GLOB_WILDCARDS",
     "MAX_SYMLINK_HOPS",
     "ResolveError",
     "Resolved",
@@ -58,6 +60,16 @@ __all__ = [
 
 #: Linux's MAXSYMLINKS: more hops than this is a loop (ELOOP).
 MAX_SYMLINK_HOPS = 40
+
+#: The longest deny glob, in characters as given. Matching takes time bounded
+#: by the path's length times the glob's; this bounds that product (a path is
+#: at most PATH_MAX, 4096) and the cost of compiling a glob an agent sends.
+MAX_GLOB_LENGTH = 1024
+#: The most ``*``, ``?`` and ``[`` characters in one deny glob (``**`` is two).
+#: Matching does not depend on it; compiling does, a class most (about a
+#: tenth of a millisecond each, per reading), and no policy needs more than
+#: a handful.
+MAX_GLOB_WILDCARDS = 64
 
 
 class ResolveError(Refusal):
@@ -296,8 +308,18 @@ def normalize_glob(pattern: str) -> str:
 
     Empty, ``.`` and trailing segments are dropped so equal globs compare
     equal; absolute globs and ``..`` are refused because a glob can only name
-    things beneath the root it is attached to.
+    things beneath the root it is attached to. So are globs longer than
+    :data:`MAX_GLOB_LENGTH` or with more than :data:`MAX_GLOB_WILDCARDS`
+    wildcards: no policy needs them, and an agent may send any glob.
     """
+    if len(pattern) > MAX_GLOB_LENGTH:
+        raise ValueError(f"glob {pattern[:100]!r}... is longer than {MAX_GLOB_LENGTH} characters")
+    wildcards = pattern.count("*") + pattern.count("?") + pattern.count("[")
+    if wildcards > MAX_GLOB_WILDCARDS:
+        raise ValueError(
+            f"glob {pattern[:100]!r} has {wildcards} wildcards ('*', '?', '['), "
+            f"more than {MAX_GLOB_WILDCARDS}"
+        )
     if has_control_char(pattern):
         raise ValueError("a glob may not hold control characters")
     if pattern.startswith("/"):
@@ -562,22 +584,33 @@ def _class_regex(body: str, negate: bool, by_character: bool) -> str:
 
     A character that is spelled as itself stands for itself, so the class as
     written (negated or not) admits exactly those; the spellings of the
-    others it admits are added. In a lookahead, which never backtracks, so
-    that a character both admit gives one way through, not two; the
-    character itself is then taken by ``one`` (never ``/``, so that ranges
-    such as ``[.-0]`` do not match it).
+    others it admits are added, unless it admits them already (a negated
+    class admits almost all: listed, they made each such class a regex of a
+    thousand characters, a millisecond to compile). In a lookahead, which
+    never backtracks, so that a character both admit gives one way through,
+    not two; the character itself is then taken by ``one`` (never ``/``, so
+    that ranges such as ``[.-0]`` do not match it).
     """
-    members = re.compile(f"[{body}]", re.DOTALL)  # raises re.error for [z-a]
-    spellings = _representatives()[0] if by_character else _unfolded()
-    extra = {
-        spelled
-        for char, spelled in spellings.items()
-        if len(spelled) == 1 and (members.fullmatch(char) is None) is negate
-    }
     own = f"[{'^' if negate else ''}{body}]"
+    admits = re.compile(own, re.DOTALL)  # raises re.error for [z-a]
+    refuses = re.compile(f"[{'' if negate else '^'}{body}]", re.DOTALL)
+    respelled, spelling = _single_spellings(by_character)
+    # Whole strings through C, not a call per character of the table.
+    spelled = refuses.sub("", respelled).translate(spelling)
+    extra = set(admits.sub("", spelled))
     if extra:
         own += "|[" + "".join(re.escape(char) for char in sorted(extra)) + "]"
     return f"(?={own})"
+
+
+@functools.cache
+def _single_spellings(by_character: bool) -> tuple[str, dict[int, str]]:
+    """The characters that a name folded (or, with ``by_character``, spelled
+    by character) spells as another single character, in one string, and a
+    :meth:`str.translate` table to that character."""
+    spellings = _representatives()[0] if by_character else _unfolded()
+    single = {char: spelled for char, spelled in spellings.items() if len(spelled) == 1}
+    return "".join(single), {ord(char): spelled for char, spelled in single.items()}
 
 
 #: Unicode assigns no cased character at or above this code point (planes 2

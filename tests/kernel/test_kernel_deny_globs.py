@@ -173,3 +173,11 @@ def test_a_hostile_glob_from_an_agent_is_decided_at_once(kernel: tuple[Kernel, P
     assert allowed(k, CAROL, cap.id, data / "public" / ("a" * 200))
     assert not allowed(k, CAROL, cap.id, data / "public" / ("a" * 200 + "b"))
     assert time.perf_counter() - started < 1  # minutes before matching was linear
+
+
+def test_an_oversized_glob_from_an_agent_is_refused(kernel: tuple[Kernel, Path]) -> None:
+    k, data = kernel
+    with pytest.raises(errors.InvalidConstraints, match="longer than 1024 characters"):
+        grant(k, f"file://{data}/public", deny=["a/" * 600])
+    with pytest.raises(errors.InvalidConstraints, match="wildcards"):
+        grant(k, f"file://{data}/public", deny=["*a" * 100])

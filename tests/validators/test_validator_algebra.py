@@ -17,6 +17,7 @@ from capsup.validators import (
     Validator,
     default_registry,
 )
+from capsup.validators.paths import MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
 
 FS = FilesystemValidator()
 HTTP = HttpValidator()
@@ -149,6 +150,10 @@ def test_normalize_constraints(validator: Validator, raw: Any, expected: Any) ->
         (FS, {"deny": ["./"]}, "deny"),
         (FS, {"deny": ["a\x00b"]}, "deny"),
         (FS, {"deny": ["logs/[z-a].txt"]}, "deny"),  # a reversed range is no pattern
+        (FS, {"deny": ["a/" * 512 + "b"]}, "deny"),
+        (FS, {"deny": ["*a" * 65]}, "deny"),
+        (FS, {"deny": ["**/" * 32 + "*"]}, "deny"),  # ** counts two
+        (FS, {"deny": ["[ab]" * 40 + "?" * 25]}, "deny"),
         (HTTP, {"rate_limit": {"requests": 5}}, "rate_limit"),
         (HTTP, {"rate_limit": {"requests": 5, "per_seconds": 1, "burst": 2}}, "rate_limit"),
         (HTTP, {"rate_limit": [5, 1]}, "rate_limit"),
@@ -173,6 +178,24 @@ def test_normalize_constraints(validator: Validator, raw: Any, expected: Any) ->
 def test_normalize_constraints_rejects(validator: Validator, raw: Any, key: str) -> None:
     with pytest.raises(ConstraintError, match=key):
         validator.normalize_constraints(raw)
+
+
+def test_deny_globs_are_bounded_in_length_and_wildcards() -> None:
+    """Defence in depth for globs an agent sends: matching is linear, and no
+    policy needs a glob of more than MAX_GLOB_LENGTH characters or
+    MAX_GLOB_WILDCARDS wildcards; beyond that a glob is refused, saying why."""
+    longest = "a/" * (MAX_GLOB_LENGTH // 2 - 1) + "bc"
+    wildest = "[ab]" * (MAX_GLOB_WILDCARDS - 2) + "*?"
+    assert FS.normalize_constraints({"deny": [longest, wildest]}) == {
+        "deny": sorted([longest, wildest])
+    }
+    with pytest.raises(ConstraintError, match=f"deny: glob .* longer than {MAX_GLOB_LENGTH}"):
+        FS.normalize_constraints({"deny": [longest + "d"]})
+    with pytest.raises(ConstraintError, match=f"{MAX_GLOB_WILDCARDS + 1} wildcards"):
+        FS.normalize_constraints({"deny": [wildest + "*"]})
+    # Counted as given, before "./" and "//" are dropped.
+    with pytest.raises(ConstraintError, match="longer than"):
+        FS.normalize_constraints({"deny": ["./" * MAX_GLOB_LENGTH + "a"]})
 
 
 @pytest.mark.parametrize(
