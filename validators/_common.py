@@ -19,6 +19,7 @@ from capsup.validators.base import ConstraintError, OperationError
 __all__ = [
     "CONTROL_CHARS",
     "MAX_INT",
+    "MAX_LIST_ENTRIES",
     "Normalizer",
     "bad_size",
     "has_control_char",
@@ -101,18 +102,36 @@ def positive_number(key: str, value: object) -> int | float:
     return value
 
 
-def string_list(key: str, value: object, item: Callable[[str], str]) -> list[str]:
+#: Most entries in one list-valued constraint (``deny``, ``tables``).
+MAX_LIST_ENTRIES = 256
+
+
+def string_list(
+    key: str,
+    value: object,
+    item: Callable[[str], str],
+    *,
+    max_entries: int = MAX_LIST_ENTRIES,
+    max_chars: int | None = None,
+) -> list[str]:
     """A sorted, deduplicated list of strings, each normalized by ``item``.
 
     ``item`` raises :class:`ValueError` for a bad entry; it is reported as a
-    :class:`ConstraintError` naming ``key``.
+    :class:`ConstraintError` naming ``key``. The list's length, and with
+    ``max_chars`` the entries' total length, are bounded before any entry
+    is normalized: the lists come from agents, and what ``item`` costs
+    (compiling a glob) must not be theirs to multiply.
     """
     if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
         raise ConstraintError(f"{key} must be a list of strings")
+    if len(value) > max_entries:
+        raise ConstraintError(f"{key} has more than {max_entries} entries")
+    if not all(isinstance(entry, str) for entry in value):
+        raise ConstraintError(f"{key} entries must be strings")
+    if max_chars is not None and sum(map(len, value)) > max_chars:
+        raise ConstraintError(f"{key} holds more than {max_chars} characters in all")
     result: set[str] = set()
     for entry in value:
-        if not isinstance(entry, str):
-            raise ConstraintError(f"{key} entries must be strings")
         try:
             result.add(item(entry))
         except ValueError as error:

@@ -56,6 +56,10 @@ _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 #: Characters left as they are in a canonical file URI; everything else,
 #: ``%`` first of all, is percent-encoded so that decoding once is exact.
 _SAFE = "/!$&'()*+,;=:@-._~"
+#: Most characters in one ``deny`` list, all globs together: compiling a
+#: glob costs up to about 14 us per character, so this bounds what one
+#: request can make the supervisor's loop spend on it (about 60 ms).
+MAX_DENY_CHARACTERS = 4096
 #: Operations that may name a path that does not exist yet.
 _CREATING = frozenset({"write", "create"})
 
@@ -127,7 +131,9 @@ def _union(first: list[str], second: list[str]) -> list[str]:
 
 _MEET: Mapping[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
 _NORMALIZERS: Mapping[str, Normalizer] = {
-    "deny": lambda key, value: string_list(key, value, normalize_glob),
+    "deny": lambda key, value: string_list(
+        key, value, normalize_glob, max_chars=MAX_DENY_CHARACTERS
+    ),
     "max_bytes": positive_int,
 }
 

@@ -17,6 +17,8 @@ from capsup.validators import (
     Validator,
     default_registry,
 )
+from capsup.validators._common import MAX_LIST_ENTRIES
+from capsup.validators.filesystem import MAX_DENY_CHARACTERS
 from capsup.validators.paths import MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
 
 FS = FilesystemValidator()
@@ -196,6 +198,24 @@ def test_deny_globs_are_bounded_in_length_and_wildcards() -> None:
     # Counted as given, before "./" and "//" are dropped.
     with pytest.raises(ConstraintError, match="longer than"):
         FS.normalize_constraints({"deny": ["./" * MAX_GLOB_LENGTH + "a"]})
+
+
+def test_list_constraints_are_bounded_before_any_entry_is_compiled() -> None:
+    """Each glob costs a compile: a request must not carry thousands of them
+    (or a few huge ones) into the supervisor's loop. The bounds are checked
+    before any entry is looked at, so a hostile list is refused at once."""
+    at_most = [f"d{i}/*.key" for i in range(MAX_LIST_ENTRIES)]
+    assert len(FS.normalize_constraints({"deny": at_most})["deny"]) == MAX_LIST_ENTRIES
+    with pytest.raises(ConstraintError, match=f"more than {MAX_LIST_ENTRIES} entries"):
+        FS.normalize_constraints({"deny": [*at_most, "one/more"]})
+    with pytest.raises(ConstraintError, match=f"more than {MAX_LIST_ENTRIES} entries"):
+        FS.normalize_constraints({"deny": ["[!a]*" * 16] * 60_000})
+    with pytest.raises(ConstraintError, match=f"more than {MAX_LIST_ENTRIES} entries"):
+        DB.normalize_constraints({"tables": [f"t{i}" for i in range(MAX_LIST_ENTRIES + 1)]})
+    full = ["a" * 1000 + str(i) for i in range(4)]  # 4004 characters
+    assert len(FS.normalize_constraints({"deny": full})["deny"]) == 4
+    with pytest.raises(ConstraintError, match=f"more than {MAX_DENY_CHARACTERS} characters"):
+        FS.normalize_constraints({"deny": [*full, "b" * 100]})
 
 
 @pytest.mark.parametrize(
