@@ -241,14 +241,20 @@ def test_reopen_detects_a_missing_trail_and_a_rewritten_head(tmp_path: Path) -> 
     assert caught.value.seq == 1
 
 
+def trail_stored_at(path: Path, count: int, stored: int) -> tuple[AuditHead, list[bytes]]:
+    """A trail of ``count`` records, the head the store kept when record
+    ``stored`` was the newest, and the trail's lines."""
+    with AuditLog(path) as log:
+        for n in range(count):
+            log(ev(n=n))
+            if n + 1 == stored:
+                head = log.head
+    return head, path.read_bytes().splitlines(keepends=True)
+
+
 def test_reopen_detects_that_the_heads_record_was_taken_out(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path) as log:
-        for n in range(5):
-            log(ev(n=n))
-            if n == 2:
-                head = log.head  # what the store kept then
-    lines = path.read_bytes().splitlines(keepends=True)
+    head, lines = trail_stored_at(path, 5, stored=3)
     path.write_bytes(b"".join(lines[:2] + lines[3:]))  # record 3 is gone, 5 still ends it
     with pytest.raises(AuditTampered) as caught:
         AuditLog(path, known_head=head)
@@ -279,12 +285,7 @@ def test_reopen_detects_a_trail_replaced_by_records_after_the_head(tmp_path: Pat
 
 def test_reopen_detects_the_heads_record_edited_under_its_old_hash(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path) as log:
-        for n in range(5):
-            log(ev(n=n))
-            if n == 2:
-                head = log.head
-    lines = path.read_bytes().splitlines(keepends=True)
+    head, lines = trail_stored_at(path, 5, stored=3)
     record = json.loads(lines[2])
     record["principal"] = "somebody-else"  # the hash field left as it was
     lines[2] = (json.dumps(record, sort_keys=True) + "\n").encode()
@@ -298,12 +299,7 @@ def test_reopen_does_not_skip_a_line_put_in_place_of_the_heads_record(tmp_path: 
     """With ``keep``, a missing head passes if every record left is newer and
     the next links to it: garbage in the head's place must not pass for that."""
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path) as log:
-        for n in range(5):
-            log(ev(n=n))
-            if n == 0:
-                head = log.head
-    lines = path.read_bytes().splitlines(keepends=True)
+    head, lines = trail_stored_at(path, 5, stored=1)
     path.write_bytes(b"".join([b"not a record\n", *lines[1:]]))
     with pytest.raises(AuditTampered) as caught:
         AuditLog(path, keep=3, known_head=head)
