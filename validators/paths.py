@@ -44,6 +44,7 @@ from capsup.validators.base import Refusal
 
 __all__ = [
     "MAX_GLOB_LENGTH",
+    "MAX_CLASS_RANGE",
     "MAX_GLOB_WILDCARDS",
     "MAX_SYMLINK_HOPS",
     "ResolveError",
@@ -70,6 +71,13 @@ MAX_GLOB_LENGTH = 1024
 #: tenth of a millisecond each, per reading), and no policy needs more than
 #: a handful.
 MAX_GLOB_WILDCARDS = 64
+#: The widest range in a glob's character class, in code points (``a-z`` is
+#: 25). Python's regex compiler builds a map of every code point a class
+#: spans: a range over the whole of Unicode costs milliseconds per compile,
+#: thousands of times the cost of ``[a-z]``, and a glob may come from an agent.
+MAX_CLASS_RANGE = 256
+_GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")
+_CLASS_RANGE = re.compile(r"(.)-(.)", re.DOTALL)
 
 
 class ResolveError(Refusal):
@@ -309,8 +317,9 @@ def normalize_glob(pattern: str) -> str:
     Empty, ``.`` and trailing segments are dropped so equal globs compare
     equal; absolute globs and ``..`` are refused because a glob can only name
     things beneath the root it is attached to. So are globs longer than
-    :data:`MAX_GLOB_LENGTH` or with more than :data:`MAX_GLOB_WILDCARDS`
-    wildcards: no policy needs them, and an agent may send any glob.
+    :data:`MAX_GLOB_LENGTH`, with more than :data:`MAX_GLOB_WILDCARDS`
+    wildcards or with a class range wider than :data:`MAX_CLASS_RANGE`: no
+    policy needs them, and an agent may send any glob.
     """
     if len(pattern) > MAX_GLOB_LENGTH:
         raise ValueError(f"glob {pattern[:100]!r}... is longer than {MAX_GLOB_LENGTH} characters")
@@ -322,6 +331,13 @@ def normalize_glob(pattern: str) -> str:
         )
     if has_control_char(pattern):
         raise ValueError("a glob may not hold control characters")
+    for body in _GLOB_CLASS.findall(pattern):
+        for low, high in _CLASS_RANGE.findall(body[1:-1].removeprefix("!")):
+            if ord(high) - ord(low) > MAX_CLASS_RANGE:
+                raise ValueError(
+                    f"glob {pattern[:100]!r} has a class range {low}-{high} wider than "
+                    f"{MAX_CLASS_RANGE} characters"
+                )
     if pattern.startswith("/"):
         raise ValueError(f"glob {pattern[:100]!r} must be relative to the resource")
     segments = [seg for seg in pattern.split("/") if seg not in ("", ".")]

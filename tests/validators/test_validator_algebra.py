@@ -19,7 +19,7 @@ from capsup.validators import (
 )
 from capsup.validators._common import MAX_LIST_ENTRIES
 from capsup.validators.filesystem import MAX_DENY_CHARACTERS
-from capsup.validators.paths import MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
+from capsup.validators.paths import MAX_CLASS_RANGE, MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
 
 FS = FilesystemValidator()
 HTTP = HttpValidator()
@@ -195,6 +195,10 @@ def test_deny_globs_are_bounded_in_length_and_wildcards() -> None:
         FS.normalize_constraints({"deny": [longest + "d"]})
     with pytest.raises(ConstraintError, match=f"{MAX_GLOB_WILDCARDS + 1} wildcards"):
         FS.normalize_constraints({"deny": [wildest + "*"]})
+    # A class range costs its compile by the code points it spans.
+    assert FS.normalize_constraints({"deny": ["[a-z]*.key", "[\u0100-\u0200]"]})
+    with pytest.raises(ConstraintError, match=f"wider than {MAX_CLASS_RANGE}"):
+        FS.normalize_constraints({"deny": ["[!\u0100-\U0001ffff]*"]})
     # Counted as given, before "./" and "//" are dropped.
     with pytest.raises(ConstraintError, match="longer than"):
         FS.normalize_constraints({"deny": ["./" * MAX_GLOB_LENGTH + "a"]})
