@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, Final, TypeVar
 
 import msgpack
+import msgpack.fallback as msgpack_fallback
 from capsup.agents.errors import (
     BadRequest,
     CapsupError,
@@ -360,10 +361,15 @@ def _salvage(data: bytes) -> tuple[RequestId | None, str | None]:
 
 
 # One Packer, kept: packb builds a new one per call, four times the cost of
-# packing an id. It is shared by threads only for scalars (an id, a trace
-# id), which it packs in C without calling back into Python, so without
-# giving up the GIL halfway through its buffer.
-_pack_scalar = msgpack.Packer(use_bin_type=True, datetime=False).pack
+# packing an id. Only the compiled Packer may be shared by threads: it packs
+# a scalar (an id, a trace id) in C, holding the GIL from start to end of its
+# buffer. msgpack's pure-Python fallback (no wheel, or MSGPACK_PUREPYTHON)
+# does not, so there each call gets its own Packer, through packb.
+_pack_scalar: Callable[[Any], bytes] = (
+    msgpack.packb
+    if msgpack.Packer is msgpack_fallback.Packer
+    else msgpack.Packer(use_bin_type=True, datetime=False).pack
+)
 
 
 class Packed(bytes):
