@@ -68,6 +68,8 @@ CASCADE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 DEFAULT_OPS: tuple[str, ...] = tuple(Op)
 
 _VALIDATED = EventType.CAPABILITY_VALIDATED
+#: The events that end capabilities, and so may carry ``cascade_size``.
+_ENDINGS = frozenset({EventType.CAPABILITY_REVOKED, EventType.CAPABILITY_EXPIRED})
 
 
 def _package_version() -> str:
@@ -172,11 +174,11 @@ class Metrics:
 
     def __call__(self, event: Event) -> None:
         """Count one event, and what it implies: an allowed or denied use, a
-        violation, an agent started or ended, the size of a revocation
-        cascade (never raises for an odd event)."""
+        violation, how an agent ended, the size of a revocation cascade
+        (never raises for an odd event)."""
         kind = event.event
         self._events.inc(kind)
-        if kind == _VALIDATED:
+        if kind == _VALIDATED:  # the hot path: one per validation, nothing else to read
             self._validations.inc("allow")
         elif kind == EventType.CAPABILITY_VALIDATION_FAILED:
             self._validations.inc("deny")
@@ -185,9 +187,10 @@ class Metrics:
             self._violations.inc(violation if isinstance(violation, str) else OTHER)
         elif kind == EventType.AGENT_TERMINATED:
             self.agent_exited(str(event.detail.get("reason", OTHER)))
-        cascade = event.detail.get("cascade_size")
-        if isinstance(cascade, int) and not isinstance(cascade, bool):
-            self.observe_revocation_cascade(cascade)
+        elif kind in _ENDINGS:  # the first record of a cascade says its size
+            cascade = event.detail.get("cascade_size")
+            if isinstance(cascade, int) and not isinstance(cascade, bool):
+                self.observe_revocation_cascade(cascade)
 
     # -- what the server, spawner and audit trail report ---------------------------
 

@@ -57,6 +57,16 @@ def busy_metrics() -> Metrics:
     return m
 
 
+def test_the_first_record_of_a_revocation_or_expiry_cascade_gives_its_size() -> None:
+    m = Metrics()
+    m(Event(E.CAPABILITY_REVOKED, 1.0, "t", detail={"cascade_size": 3}))
+    m(Event(E.CAPABILITY_REVOKED, 1.0, "t", detail={"cascade_of": "cap-1"}))
+    m(Event(E.CAPABILITY_EXPIRED, 1.0, "t", detail={"cascade_size": 2}))
+    m(Event(E.CAPABILITY_REVOKED, 1.0, "t", detail={"cascade_size": True}))  # not a size
+    assert value(m, "capsup_revocation_cascade_size_count") == 2
+    assert value(m, "capsup_revocation_cascade_size_sum") == 5
+
+
 def test_events_and_calls_update_the_metrics() -> None:
     m = busy_metrics()
     assert value(m, "capsup_capability_events_total", event="capability_granted") == 3
