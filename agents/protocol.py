@@ -34,6 +34,7 @@ from capsup.agents.errors import (
 )
 
 __all__ = [
+    "MAX_CONSTRAINTS_BYTES",
     "MAX_DEPTH",
     "MAX_ID_LENGTH",
     "MAX_MESSAGE_BYTES",
@@ -100,6 +101,11 @@ MAX_OPERATION_LENGTH: Final = 64
 MAX_OPERATIONS: Final = 64
 #: Largest ``metadata`` map, measured encoded: it is stored with every capability.
 MAX_METADATA_BYTES: Final = 4096
+#: Most bytes of ``constraints`` in one message, every map measured encoded
+#: and all added up (a plan's requests, a spawn's capabilities): the
+#: supervisor compiles the deny globs they carry, and what one message can
+#: make its one loop spend on that must stay bounded.
+MAX_CONSTRAINTS_BYTES: Final = 8192
 #: Most requests in one ``request_plan``.
 MAX_PLAN_REQUESTS: Final = 64
 #: Most argv entries, and most capabilities handed to one spawned agent.
@@ -551,13 +557,33 @@ def _str_map(value: object, name: str) -> dict[str, Any]:
 
 def _metadata(value: object, name: str) -> dict[str, Any]:
     metadata = _str_map(value, name)
-    try:
-        size = len(encode(metadata))
-    except CapsupError:
-        raise BadRequest(f"{name} must hold only msgpack values") from None
+    size = _encoded_size(metadata, name)
     if size > MAX_METADATA_BYTES:
         raise BadRequest(f"{name} is {size} bytes encoded, more than {MAX_METADATA_BYTES}")
     return metadata
+
+
+def _constraints(value: object, name: str) -> dict[str, Any]:
+    constraints = _str_map(value, name)
+    _check_constraints_size([constraints], name)
+    return constraints
+
+
+def _check_constraints_size(maps: Iterable[Mapping[str, Any] | None], name: str) -> None:
+    """Refuse ``maps`` (one message's constraints) past :data:`MAX_CONSTRAINTS_BYTES`."""
+    size = sum(_encoded_size(m, name) for m in maps if m)
+    if size > MAX_CONSTRAINTS_BYTES:
+        raise BadRequest(
+            f"{name}: constraints of {size} bytes encoded, more than the "
+            f"{MAX_CONSTRAINTS_BYTES} one message may carry"
+        )
+
+
+def _encoded_size(value: Mapping[str, Any], name: str) -> int:
+    try:
+        return len(encode(value))
+    except CapsupError:
+        raise BadRequest(f"{name} must hold only msgpack values") from None
 
 
 def _number(value: object, name: str) -> float:
@@ -755,7 +781,7 @@ def parse_request_args(args: Mapping[str, Any], *, where: str = "args") -> Reque
     parsed = RequestArgs(
         resource=f.required("resource", _resource_text),
         operations=f.required("operations", _operations),
-        constraints=f.optional("constraints", _str_map),
+        constraints=f.optional("constraints", _constraints),
         ttl=f.optional("ttl", _positive_seconds),
         metadata=f.optional("metadata", _metadata) or {},
     )
@@ -795,7 +821,7 @@ def _narrowing(f: _Fields) -> dict[str, Any]:
     return {
         "resource": f.optional("resource", _resource_text),
         "operations": f.optional("operations", _operations),
-        "constraints": f.optional("constraints", _str_map),
+        "constraints": f.optional("constraints", _constraints),
         "ttl": f.optional("ttl", _positive_seconds),
     }
 
@@ -824,7 +850,9 @@ def parse_request_plan_args(args: Mapping[str, Any], *, where: str = "args") -> 
         items = _array(value, name, MAX_PLAN_REQUESTS)
         if not items:
             raise BadRequest(f"{name} must hold at least one request")
-        return tuple(parse_request_args(r, where=f"{name}[{i}]") for i, r in enumerate(items))
+        parsed = tuple(parse_request_args(r, where=f"{name}[{i}]") for i, r in enumerate(items))
+        _check_constraints_size((r.constraints for r in parsed), name)
+        return parsed
 
     parsed = RequestPlanArgs(requests=f.required("requests", requests))
     f.done()
@@ -845,7 +873,9 @@ def parse_spawn_args(args: Mapping[str, Any], *, where: str = "args") -> SpawnAr
 
     def grants(value: object, name: str) -> tuple[SpawnGrant, ...]:
         items = _array(value, name, MAX_SPAWN_CAPABILITIES)
-        return tuple(parse_spawn_grant(g, where=f"{name}[{i}]") for i, g in enumerate(items))
+        parsed = tuple(parse_spawn_grant(g, where=f"{name}[{i}]") for i, g in enumerate(items))
+        _check_constraints_size((g.constraints for g in parsed), name)
+        return parsed
 
     parsed = SpawnArgs(
         argv=f.required("argv", _argv),

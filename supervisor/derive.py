@@ -34,7 +34,7 @@ from capsup.validators import (
     ValidatorRegistry,
 )
 
-__all__ = ["CapabilityRequest", "Delegation", "ParsedRequest", "delegate_from", "grant_within"]
+__all__ = ["CapabilityRequest", "Delegation", "delegate_from", "grant_within"]
 
 _MAX_DEPTH = 64
 
@@ -62,82 +62,69 @@ class Delegation:
     metadata: Mapping[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedRequest:
-    validator: Validator
-    resource: str
-    operations: frozenset[str]
-    constraints: dict[str, Any]
-    depth: int | None
-
-
-def parse_request(validators: ValidatorRegistry, request: CapabilityRequest) -> ParsedRequest:
-    """Canonicalize a request; raises the ``invalid_*`` errors."""
-    validator, resource = _canonical(validators, request.resource)
-    return ParsedRequest(
-        validator,
-        resource,
-        _operations(validator, request.operations),
-        *_constraints(validator, request.constraints),
-    )
-
-
 def grant_within(
-    parsed: ParsedRequest,
+    validators: ValidatorRegistry,
     request: CapabilityRequest,
     ceilings: Sequence[Ceiling],
-    validators: ValidatorRegistry,
     holder: str,
     now: float,
 ) -> tuple[Capability, Ceiling]:
     """The capability the first covering ceiling allows, and that ceiling;
-    raises DeniedByPolicy.
+    raises DeniedByPolicy, or an ``invalid_*`` error for a malformed request.
 
     The grant is the request met with the ceiling's constraints (a ceiling's
     limits always apply), with the request's own ttl and depth when they fit.
+    The request's constraints are parsed only once a ceiling covers its
+    resource and operations: parsing compiles deny globs, and a principal
+    the policy grants nothing there must not make the supervisor do that.
     """
+    validator, resource = _canonical(validators, request.resource)
+    operations = _operations(validator, request.operations)
     ttl = _ttl(request.ttl)
     metadata = _metadata(request.metadata)
+    covering = [
+        ceiling
+        for ceiling in ceilings
+        if _scheme_validator(validators, ceiling.resource) is validator
+        and operations <= ceiling.operations
+        and validator.resource_within(resource, ceiling.resource)
+    ]
     why = "no policy entry for this principal" if not ceilings else "no ceiling covers it"
-    for ceiling in ceilings:
-        if validators.for_uri(ceiling.resource) is not parsed.validator:
-            continue
-        if not parsed.operations <= ceiling.operations:
-            continue
-        if not parsed.validator.resource_within(parsed.resource, ceiling.resource):
-            continue
+    if not covering:
+        raise _denied_by_policy(resource, operations, why)
+    constraints, depth = _constraints(validator, request.constraints)
+    for ceiling in covering:
         if ttl is not None and ceiling.max_ttl is not None and ttl > ceiling.max_ttl:
             why = f"ttl {ttl:g}s exceeds the ceiling's max_ttl {ceiling.max_ttl:g}s"
             continue
-        if parsed.depth is not None and parsed.depth > ceiling.max_delegation_depth:
+        if depth is not None and depth > ceiling.max_delegation_depth:
             why = (
-                f"max_delegation_depth {parsed.depth} exceeds the ceiling's "
-                f"{ceiling.max_delegation_depth}"
+                f"max_delegation_depth {depth} exceeds the ceiling's {ceiling.max_delegation_depth}"
             )
             continue
         try:
-            limits = parsed.validator.rebase_constraints(
-                ceiling.constraints, ceiling.resource, parsed.resource
-            )
+            limits = validator.rebase_constraints(ceiling.constraints, ceiling.resource, resource)
         except ConstraintError as error:
             why = f"the ceiling's constraints deny it: {error}"
             continue
         cap = Capability(
             id=new_capability_id(),
-            resource=parsed.resource,
-            operations=parsed.operations,
-            constraints=parsed.validator.meet_constraints(parsed.constraints, limits),
+            resource=resource,
+            operations=operations,
+            constraints=_meet(validator, constraints, limits),
             holder=holder,
             granted_at=now,
             expires_at=now + (ceiling.default_ttl if ttl is None else ttl),
-            delegation_depth=(
-                ceiling.max_delegation_depth if parsed.depth is None else parsed.depth
-            ),
+            delegation_depth=ceiling.max_delegation_depth if depth is None else depth,
             metadata=metadata,
         )
         return cap, ceiling
-    ops = ", ".join(sorted(parsed.operations))
-    raise DeniedByPolicy(f"{parsed.resource} [{ops}] denied by policy: {why}")
+    raise _denied_by_policy(resource, operations, why)
+
+
+def _denied_by_policy(resource: str, operations: frozenset[str], why: str) -> DeniedByPolicy:
+    ops = ", ".join(sorted(operations))
+    return DeniedByPolicy(f"{resource} [{ops}] denied by policy: {why}")
 
 
 def delegate_from(
@@ -149,8 +136,9 @@ def delegate_from(
     """The child capability; anything that would widen is refused, never clipped.
 
     Omitted fields are inherited. Constraint keys the child names must each be
-    at least as strict as the parent's; keys it omits are inherited, so the
-    child's constraints are the meet of both.
+    at least as strict as the parent's, except additive ones (a deny list),
+    whose named value is added to the parent's; keys it omits are inherited,
+    so the child's constraints are the meet of both.
     """
     if parent.delegation_depth <= 0:
         raise DelegationDepthExhausted(
@@ -178,8 +166,13 @@ def delegate_from(
             parent, f"resource {resource} is outside what the parent allows: {error}"
         ) from None
     named, depth = _constraints(validator, delegation.constraints)
-    parent_named = {k: v for k, v in inherited.items() if k in named}
-    wider = validator.constraints_within(named, parent_named)
+    # What the child names of an additive key (a deny list) is added to what
+    # it inherits, so it need not repeat the parent's list; any other key it
+    # names must be at least as strict as the parent's, or it is refused.
+    compared = {k: v for k, v in named.items() if k not in validator.additive_constraints}
+    wider = validator.constraints_within(
+        compared, {k: v for k, v in inherited.items() if k in compared}
+    )
     if wider is not None:
         raise _widening(parent, f"constraint {wider!r} is looser than the parent's")
     if depth is None:
@@ -199,7 +192,7 @@ def delegate_from(
         id=new_capability_id(),
         resource=resource,
         operations=operations,
-        constraints=validator.meet_constraints(named, inherited),
+        constraints=_meet(validator, named, inherited),
         holder=delegation.to,
         granted_at=now,
         expires_at=expires_at,
@@ -209,8 +202,24 @@ def delegate_from(
     )
 
 
+def _meet(
+    validator: Validator, first: Mapping[str, Any], second: Mapping[str, Any]
+) -> dict[str, Any]:
+    try:
+        return validator.meet_constraints(first, second)
+    except ConstraintError as error:  # the two together pass a limit
+        raise InvalidConstraints(str(error)) from None
+
+
 def _widening(parent: Capability, message: str) -> DelegationWidening:
     return DelegationWidening(f"delegation would widen: {message}", capability_id=parent.id)
+
+
+def _scheme_validator(validators: ValidatorRegistry, resource: str) -> Validator | None:
+    try:
+        return validators.for_uri(resource)
+    except ResourceError:  # a scheme these validators do not serve covers nothing
+        return None
 
 
 def _canonical(validators: ValidatorRegistry, resource: object) -> tuple[Validator, str]:

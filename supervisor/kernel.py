@@ -16,13 +16,17 @@ State kept in memory for the hot path:
   ``revoked``/``expired`` (after a restart too) instead of ``unknown_capability``;
 - ``_expiry``: a heap of (expires_at, id), so a sweep costs what it expires;
 - ``_buckets``: the token buckets a use must spend, the capability's own and
-  every rate-limited ancestor's.
+  every rate-limited ancestor's;
+- ``_checks``: each capability's validator check, bound to its resource and
+  its constraints as the validator prepared them (deny globs compiled), so
+  a use neither looks the validator up nor compiles anything.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from capsup.agents.capability import Capability
@@ -48,7 +52,6 @@ from capsup.supervisor.derive import (
     Delegation,
     delegate_from,
     grant_within,
-    parse_request,
 )
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
 from capsup.supervisor.policy import Ceiling, Policy
@@ -89,6 +92,7 @@ class Kernel:
         self._tombstones: dict[str, Tombstone] = {}
         self._expiry: list[tuple[float, str]] = []
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
+        self._checks: dict[str, Callable[[Use], Decision]] = {}
         self._principals: dict[str, Principal] = {}
         self._ceiling_buckets: dict[str, dict[int, TokenBucket]] = {}
         self._parent_agent: dict[str, str | None] = {}
@@ -190,13 +194,11 @@ class Kernel:
                 )
             )
             try:
-                parsed = parse_request(self._validators, request)
                 granted.append(
                     grant_within(
-                        parsed,
+                        self._validators,
                         request,
                         self._policy.ceilings_for(principal.name),
-                        self._validators,
                         principal.id,
                         now,
                     )
@@ -326,9 +328,23 @@ class Kernel:
         validator is code the kernel does not control: one that raises
         anyway denies, and the denial is recorded like any other."""
         try:
-            return self._validators.for_uri(cap.resource).check(cap.resource, cap.constraints, use)
+            return self._checks[cap.id](use)
         except Exception as error:
             return validator_failed(error)
+
+    def _prepared_check(self, cap: Capability) -> Callable[[Use], Decision]:
+        """``cap``'s check, with its constraints prepared once (compiled globs).
+
+        A capability whose constraints cannot be prepared (one stored by a
+        version with looser limits, a validator that raises) stays in the
+        tree, so that its cascade and its audit trail are intact, and every
+        use of it is denied."""
+        try:
+            validator = self._validators.for_uri(cap.resource)
+            prepared = validator.prepare_constraints(cap.constraints)
+        except Exception as error:
+            return functools.partial(_deny_every_use, validator_failed(error))
+        return functools.partial(validator.check, cap.resource, prepared)
 
     def _canonical_use(
         self, cap: Capability, use: Use, now: float, trace_id: str, principal: Principal
@@ -586,6 +602,7 @@ class Kernel:
         if cap.parent_id is not None:
             self._children.setdefault(cap.parent_id, []).append(cap.id)
         heapq.heappush(self._expiry, (cap.expires_at, cap.id))
+        self._checks[cap.id] = self._prepared_check(cap)
         if cap.parent_id is not None:
             inherited = self._buckets.get(cap.parent_id, _NO_BUCKETS)
         else:
@@ -641,6 +658,7 @@ class Kernel:
                 if not siblings:
                     del self._children[cap.parent_id]
             self._buckets.pop(cap_id, None)
+            self._checks.pop(cap_id, None)
         if self._sink is not None:
             event = (
                 EventType.CAPABILITY_REVOKED if state == "revoked" else EventType.CAPABILITY_EXPIRED
@@ -712,6 +730,10 @@ class Kernel:
     def _emit(self, event: Event) -> None:
         if self._sink is not None:
             self._sink(event)
+
+
+def _deny_every_use(decision: Decision, use: Use) -> Decision:
+    return decision
 
 
 def _cap_event(

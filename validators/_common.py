@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from capsup.validators.base import ConstraintError, OperationError
@@ -112,15 +112,16 @@ def string_list(
     item: Callable[[str], str],
     *,
     max_entries: int = MAX_LIST_ENTRIES,
-    max_chars: int | None = None,
+    check_all: Callable[[Sequence[str]], None] | None = None,
 ) -> list[str]:
     """A sorted, deduplicated list of strings, each normalized by ``item``.
 
-    ``item`` raises :class:`ValueError` for a bad entry; it is reported as a
-    :class:`ConstraintError` naming ``key``. The list's length, and with
-    ``max_chars`` the entries' total length, are bounded before any entry
-    is normalized: the lists come from agents, and what ``item`` costs
-    (compiling a glob) must not be theirs to multiply.
+    ``item`` raises :class:`ValueError` for a bad entry, and ``check_all``
+    for a list that is too costly as a whole; either is reported as a
+    :class:`ConstraintError` naming ``key``. The list's length, and
+    ``check_all``, are checked before any entry is normalized: the lists
+    come from agents, and what ``item`` costs (compiling a glob) must not be
+    theirs to multiply.
     """
     if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
         raise ConstraintError(f"{key} must be a list of strings")
@@ -128,8 +129,11 @@ def string_list(
         raise ConstraintError(f"{key} has more than {max_entries} entries")
     if not all(isinstance(entry, str) for entry in value):
         raise ConstraintError(f"{key} entries must be strings")
-    if max_chars is not None and sum(map(len, value)) > max_chars:
-        raise ConstraintError(f"{key} holds more than {max_chars} characters in all")
+    if check_all is not None:
+        try:
+            check_all(value)
+        except ValueError as error:
+            raise ConstraintError(f"{key} {error}") from None
     result: set[str] = set()
     for entry in value:
         try:

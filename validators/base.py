@@ -14,7 +14,9 @@ uses for policy ceilings and delegation:
 - :meth:`~Validator.resource_within` compares two canonical resources segment
   by segment (never by string prefix);
 - :meth:`~Validator.normalize_constraints` checks the scheme's closed
-  constraint vocabulary (an unknown or ill-typed key is an error);
+  constraint vocabulary (an unknown or ill-typed key is an error), and
+  :meth:`~Validator.prepare_constraints` readies a capability's constraints
+  for its checks;
 - :meth:`~Validator.rebase_constraints` restates constraints for a narrower
   resource, :meth:`~Validator.meet_constraints` gives the strictest of two constraint
   maps, and :meth:`~Validator.constraints_within` tells whether one is at
@@ -113,6 +115,9 @@ class Validator(ABC):
     schemes: ClassVar[frozenset[str]]
     #: The canonical spelling of every operation of the scheme.
     operations: ClassVar[frozenset[str]]
+    #: Constraint keys whose meet is a union (a deny list): a delegation that
+    #: names one adds to the parent's value, which it could never loosen.
+    additive_constraints: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def canonical_resource(self, uri: str) -> str:
@@ -166,11 +171,23 @@ class Validator(ABC):
                 return key
         return None
 
+    def prepare_constraints(self, constraints: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``constraints`` (normalized) in the form :meth:`check` reads fastest.
+
+        The kernel calls this once, when it takes a capability in, and hands
+        the result to every :meth:`check` of that capability, so that work a
+        check would otherwise repeat on each use (compiling deny globs) is
+        done once and kept with the capability, not in a cache other
+        capabilities can evict. May raise: the kernel then denies every use of
+        the capability. The default is the constraints as they are."""
+        return constraints
+
     @abstractmethod
     def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         """Decide one concrete use against a capability's canonical resource and
-        normalized constraints. The operation was already checked to be granted.
-        Never raises for hostile input: what cannot be decided is a deny."""
+        constraints, normalized or prepared (:meth:`prepare_constraints`). The
+        operation was already checked to be granted. Never raises for hostile
+        input: what cannot be decided is a deny."""
 
 
 def scheme_of(uri: str) -> str:

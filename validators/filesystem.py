@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
@@ -37,8 +37,8 @@ from capsup.validators.base import (
     deny,
 )
 from capsup.validators.paths import (
+    DenyGlobs,
     ResolveError,
-    glob_matches,
     is_within,
     lexically_normal,
     normalize_glob,
@@ -46,7 +46,15 @@ from capsup.validators.paths import (
     resolve,
 )
 
-__all__ = ["MAX_PATH_LENGTH", "FilesystemValidator", "TargetError", "parse_target"]
+__all__ = [
+    "MAX_DENY_CHARACTERS",
+    "MAX_DENY_CLASSES",
+    "MAX_DENY_GLOBS_HELD",
+    "MAX_PATH_LENGTH",
+    "FilesystemValidator",
+    "TargetError",
+    "parse_target",
+]
 
 #: Linux's PATH_MAX; a longer path cannot be opened anyway.
 MAX_PATH_LENGTH = 4096
@@ -56,10 +64,17 @@ _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 #: Characters left as they are in a canonical file URI; everything else,
 #: ``%`` first of all, is percent-encoded so that decoding once is exact.
 _SAFE = "/!$&'()*+,;=:@-._~"
-#: Most characters in one ``deny`` list, all globs together: compiling a
-#: glob costs up to about 14 us per character, so this bounds what one
-#: request can make the supervisor's loop spend on it (about 60 ms).
+#: Most characters in one ``deny`` list, all globs together, and most
+#: character classes (``[``) in it. Compiling a glob costs a few
+#: microseconds per character, and a class over a hundred (its two
+#: readings each need a pass over the table of characters that fold to
+#: another): these bound what one request can make the supervisor's loop
+#: spend on it (about 25 ms; docs/capabilities.md).
 MAX_DENY_CHARACTERS = 4096
+MAX_DENY_CLASSES = 64
+#: Most globs in one capability's ``deny`` list, its ceiling's and every
+#: ancestor's included: each is matched on every check of the capability.
+MAX_DENY_GLOBS_HELD = 1024
 #: Operations that may name a path that does not exist yet.
 _CREATING = frozenset({"write", "create"})
 
@@ -126,14 +141,32 @@ def _root_of(resource: str) -> str:
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:
-    return sorted(set(first) | set(second))
+    """Both deny lists, bounded: a delegation adds globs to its parent's,
+    and a chain of them must not grow a list without end (every glob in it
+    is matched on every check)."""
+    globs = set(first) | set(second)
+    if len(globs) > MAX_DENY_GLOBS_HELD:
+        raise ConstraintError(
+            f"deny would hold {len(globs)} globs, more than the {MAX_DENY_GLOBS_HELD} "
+            "one capability may hold"
+        )
+    return sorted(globs)
 
 
 _MEET: Mapping[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
+
+
+def _deny_cost(globs: Sequence[str]) -> None:
+    """Refuse a deny list that would cost too much to compile as a whole."""
+    if sum(map(len, globs)) > MAX_DENY_CHARACTERS:
+        raise ValueError(f"holds more than {MAX_DENY_CHARACTERS} characters in all")
+    classes = sum(glob.count("[") for glob in globs)
+    if classes > MAX_DENY_CLASSES:
+        raise ValueError(f"holds {classes} character classes ('['), more than {MAX_DENY_CLASSES}")
+
+
 _NORMALIZERS: Mapping[str, Normalizer] = {
-    "deny": lambda key, value: string_list(
-        key, value, normalize_glob, max_chars=MAX_DENY_CHARACTERS
-    ),
+    "deny": lambda key, value: string_list(key, value, normalize_glob, check_all=_deny_cost),
     "max_bytes": positive_int,
 }
 
@@ -146,6 +179,7 @@ class FilesystemValidator(SchemeValidator):
         {"read", "write", "list", "stat", "create", "delete"}
     )
     kind: ClassVar[str] = "file"
+    additive_constraints: ClassVar[frozenset[str]] = frozenset({"deny"})
     fold_operation = staticmethod(str.lower)
     constraint_normalizers = _NORMALIZERS
     constraint_meets = _MEET
@@ -194,6 +228,13 @@ class FilesystemValidator(SchemeValidator):
 
     # -- one use -----------------------------------------------------------------
 
+    def prepare_constraints(self, constraints: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The deny list compiled (:class:`~capsup.validators.paths.DenyGlobs`)."""
+        patterns = constraints.get("deny")
+        if not patterns:
+            return constraints
+        return {**constraints, "deny": DenyGlobs(patterns)}
+
     def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
             return deny("unknown_operation", f"{use.operation!r} is not a file operation")
@@ -209,9 +250,11 @@ class FilesystemValidator(SchemeValidator):
             return deny("outside_resource", "the path is outside the resource")
         if not resolved.exists and use.operation not in _CREATING:
             return deny("not_found", "no such file or directory")
-        patterns = constraints.get("deny")
-        if patterns:
-            decision = _check_globs(patterns, root, path, resolved.path)
+        globs = constraints.get("deny")
+        if globs:
+            if not isinstance(globs, DenyGlobs):  # normalized, not prepared
+                globs = DenyGlobs(globs)
+            decision = _check_globs(globs, root, path, resolved.path)
             if decision is not None:
                 return decision
         max_bytes = constraints.get("max_bytes")
@@ -220,7 +263,7 @@ class FilesystemValidator(SchemeValidator):
         return ALLOW
 
 
-def _check_globs(patterns: list[str], root: str, path: str, resolved: str) -> Decision | None:
+def _check_globs(globs: DenyGlobs, root: str, path: str, resolved: str) -> Decision | None:
     """Deny if the resolved path, or the path as named, matches a deny glob.
 
     Both spellings are checked so that neither a symlink to a denied file nor
@@ -231,7 +274,7 @@ def _check_globs(patterns: list[str], root: str, path: str, resolved: str) -> De
         if not is_within(candidate, root):
             continue
         relative = candidate[len(root) :].lstrip("/")
-        matched = glob_matches(patterns, relative)
+        matched = globs.first_match(relative)
         if matched is not None:
             return deny("denied_by_glob", f"matches the deny glob {matched!r}")
     return None

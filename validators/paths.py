@@ -35,7 +35,8 @@ import platform
 import re
 import stat
 import sys
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_CLASS_RANGE",
     "MAX_GLOB_WILDCARDS",
     "MAX_SYMLINK_HOPS",
+    "DenyGlobs",
     "ResolveError",
     "Resolved",
     "fold_case",
@@ -345,33 +347,84 @@ def normalize_glob(pattern: str) -> str:
     return glob
 
 
-def glob_matches(patterns: list[str] | tuple[str, ...], relative: str) -> str | None:
-    """The first pattern that denies ``relative`` or one of its ancestors.
+def glob_matches(patterns: Sequence[str], relative: str) -> str | None:
+    """The first of ``patterns`` (normalized globs) that denies ``relative``
+    or one of its ancestors: :meth:`DenyGlobs.first_match` for a list used once."""
+    return DenyGlobs(patterns).first_match(relative)
 
-    ``relative`` is a path beneath the capability root without a leading
-    slash ("" for the root itself). Matching an ancestor is what makes a
-    denied directory deny everything inside it.
 
-    Case does not count: a glob denies a name it matches in either of two
-    readings, chosen name by name. By character: the glob matches the name
-    as spelled, or respelled with characters that fold alike (``SECRET.KEY``
-    for ``secret.key``, ``\u1e9e`` for ``\u00df``). Folded: the glob's
-    folding matches the name's (:func:`fold_case`; ``stra\u00dfe`` denies
-    ``STRASSE``), ``?`` and a class standing for one folded character.
+class DenyGlobs:
+    """A deny list with its globs compiled, made once for a capability to keep.
+
+    The kernel prepares each live capability's constraints when it takes the
+    capability in, and the filesystem validator makes this then. A capability
+    holding its own compiled globs is what keeps the cost of a check
+    independent of every other capability: behind a cache of bounded size,
+    an agent that held more distinct globs than the cache could make every
+    check compile its list again (tens of milliseconds for a long list).
+    Compiled patterns are shared by every live list that holds the same glob
+    (a delegated list repeats its parent's), so taking in a capability
+    compiles only the globs no live capability has.
     """
-    folded = relative.lower() if relative.isascii() else fold_case(relative)
-    if len(folded) == len(relative):
-        # No character folds to several (ASCII never does): then the folded
-        # reading matches whatever the by-character one would.
-        for pattern in patterns:
-            if _compile(pattern).match(folded):
+
+    __slots__ = ("_both", "_folded", "patterns")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns: tuple[str, ...] = tuple(patterns)
+        self._folded = tuple(_shared(_LIVE_FOLDED, _compile, p) for p in self.patterns)
+        # The second reading is needed only for a name with a character that
+        # folds to several (``\u00df``); most lists never compile it.
+        self._both: tuple[re.Pattern[str], ...] | None = None
+
+    def first_match(self, relative: str) -> str | None:
+        """The first glob that denies ``relative`` or one of its ancestors.
+
+        ``relative`` is a path beneath the capability root without a leading
+        slash ("" for the root itself). Matching an ancestor is what makes a
+        denied directory deny everything inside it.
+
+        Case does not count: a glob denies a name it matches in either of two
+        readings, chosen name by name. By character: the glob matches the name
+        as spelled, or respelled with characters that fold alike (``SECRET.KEY``
+        for ``secret.key``, ``\u1e9e`` for ``\u00df``). Folded: the glob's
+        folding matches the name's (:func:`fold_case`; ``stra\u00dfe`` denies
+        ``STRASSE``), ``?`` and a class standing for one folded character.
+        """
+        folded = relative.lower() if relative.isascii() else fold_case(relative)
+        if len(folded) == len(relative):
+            # No character folds to several (ASCII never does): then the folded
+            # reading matches whatever the by-character one would.
+            for pattern, compiled in zip(self.patterns, self._folded, strict=True):
+                if compiled.match(folded):
+                    return pattern
+            return None
+        if self._both is None:
+            self._both = tuple(_shared(_LIVE_BOTH, _compile_both, p) for p in self.patterns)
+        both = "/".join(f"{fold_case(name)}\0{_by_character(name)}" for name in relative.split("/"))
+        for pattern, compiled in zip(self.patterns, self._both, strict=True):
+            if compiled.match(both):
                 return pattern
         return None
-    both = "/".join(f"{fold_case(name)}\0{_by_character(name)}" for name in relative.split("/"))
-    for pattern in patterns:
-        if _compile_both(pattern).match(both):
-            return pattern
-    return None
+
+    def __repr__(self) -> str:
+        return f"DenyGlobs({list(self.patterns)!r})"
+
+
+#: Every glob some live :class:`DenyGlobs` holds, compiled (by its two
+#: readings): entries go when the last list holding them does.
+_LIVE_FOLDED: weakref.WeakValueDictionary[str, re.Pattern[str]] = weakref.WeakValueDictionary()
+_LIVE_BOTH: weakref.WeakValueDictionary[str, re.Pattern[str]] = weakref.WeakValueDictionary()
+
+
+def _shared(
+    live: weakref.WeakValueDictionary[str, re.Pattern[str]],
+    compile_glob: Callable[[str], re.Pattern[str]],
+    pattern: str,
+) -> re.Pattern[str]:
+    compiled = live.get(pattern)
+    if compiled is None:
+        compiled = live[pattern] = compile_glob(pattern)
+    return compiled
 
 
 def fold_case(text: str) -> str:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from capsup.agents import errors
+from capsup.agents.capability import Capability
 from capsup.supervisor.config import parse_config
 from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
+from capsup.supervisor.policy import Policy
 from capsup.supervisor.principal import Principal
 from capsup.supervisor.store import Store
-from capsup.validators import Use
+from capsup.validators import Use, paths
 from kernel_world import T0, Recorder
 
 CAROL = Principal("agent-carol", "carol", pid=2001)
@@ -181,3 +183,118 @@ def test_an_oversized_glob_from_an_agent_is_refused(kernel: tuple[Kernel, Path])
         grant(k, f"file://{data}/public", deny=["a/" * 600])
     with pytest.raises(errors.InvalidConstraints, match="wildcards"):
         grant(k, f"file://{data}/public", deny=["*a" * 100])
+
+
+def test_a_delegation_names_only_the_globs_it_adds(kernel: tuple[Kernel, Path]) -> None:
+    """A deny list only ever adds: the child keeps what it inherits (restated
+    for its root) and adds what it names, without repeating the parent's
+    list, which may be longer than any one request could name."""
+    k, data = kernel
+    parent = grant(k, f"file://{data}")
+    child = k.delegate(
+        CAROL,
+        parent.id,
+        Delegation(DAVE.id, f"file://{data}/public", constraints={"deny": ["*.txt"]}),
+        now=T0 + 1,
+        trace_id="d",
+    )
+    assert child.constraints["deny"] == ["**/*.key", "*.txt"]
+    assert not allowed(k, DAVE, child.id, data / "public" / "readme.txt")  # added
+    assert not allowed(k, DAVE, child.id, data / "public" / "x.key")  # inherited
+    assert allowed(k, DAVE, child.id, data / "public" / "keys" / "k.txt")
+
+
+def test_a_capability_holds_at_most_1024_deny_globs(tmp_path: Path) -> None:
+    """Each delegation may add up to 256 globs; a chain of them must not grow
+    a list without end, since every glob is matched on every check."""
+    root = tmp_path.resolve()
+    config = parse_config(
+        {
+            "agents": {
+                "carol": {
+                    "allow": [
+                        {
+                            "resource": f"file://{root}",
+                            "operations": ["read"],
+                            "max_delegation_depth": 4,
+                        }
+                    ]
+                },
+                "dave": {"allow": []},
+            }
+        },
+        source="test",
+    )
+    k = Kernel(store=Store(":memory:"), policy=config.policy, validators=config.validators)
+    k.start(now=T0, trace_id="start")
+    k.register_principal(CAROL)
+    k.register_principal(DAVE)
+
+    def globs(level: int) -> dict[str, list[str]]:
+        return {"deny": [f"g{level}_{i}" for i in range(256)]}
+
+    cap = k.request(
+        CAROL, CapabilityRequest(f"file://{root}", ["read"], globs(0)), now=T0, trace_id="g"
+    )
+    for level in (1, 2, 3):
+        cap = k.delegate(
+            CAROL if cap.holder == CAROL.id else DAVE,
+            cap.id,
+            Delegation(DAVE.id if cap.holder == CAROL.id else CAROL.id, constraints=globs(level)),
+            now=T0,
+            trace_id="d",
+        )
+        assert len(cap.constraints["deny"]) == 256 * (level + 1)
+    holder = CAROL if cap.holder == CAROL.id else DAVE
+    with pytest.raises(errors.InvalidConstraints, match="more than the 1024 one capability"):
+        k.delegate(holder, cap.id, Delegation(CAROL.id, constraints=globs(4)), now=T0, trace_id="d")
+
+
+def test_a_check_never_compiles_globs(kernel: tuple[Kernel, Path]) -> None:
+    """Each live capability keeps its deny list compiled. Behind the compile
+    caches alone, an agent holding more distinct globs than they hold (1024)
+    made every check compile its list again: tens of milliseconds each."""
+    k, data = kernel
+    (data / "public" / "stra\u00dfe").write_text("x")  # read in both readings
+    caps = [grant(k, f"file://{data}", deny=[f"c{n}_{i}" for i in range(256)]) for n in range(5)]
+    paths_checked = {"readme.txt": True, "x.key": False, "stra\u00dfe": True}
+    for cap in caps:  # the first check in both readings compiles the second
+        assert allowed(k, CAROL, cap.id, data / "public" / "stra\u00dfe")
+    for cache in (paths._compile, paths._compile_both, paths._class_regex):
+        cache.cache_clear()
+    for cap in caps:
+        for name, expected in paths_checked.items():
+            assert allowed(k, CAROL, cap.id, data / "public" / name) == expected
+    assert paths._compile.cache_info().misses == 0
+    assert paths._compile_both.cache_info().misses == 0
+
+
+def test_a_stored_capability_whose_globs_cannot_be_compiled_denies_every_use(
+    tmp_path: Path,
+) -> None:
+    """A capability stored under looser limits than today's: it stays, so it
+    can still be revoked with its subtree, and nothing validates under it."""
+    root = tmp_path.resolve()
+    (root / "a.txt").write_text("x")
+    store = Store(root / "state.db")
+    store.insert(
+        [
+            Capability(
+                id="cap_stored",
+                resource=f"file://{root}",
+                operations=frozenset({"read"}),
+                constraints={"deny": ["[z-a]"]},
+                holder=CAROL.id,
+                granted_at=T0,
+                expires_at=T0 + 100,
+            )
+        ]
+    )
+    k = Kernel(store=store, policy=Policy(), validators=parse_config({}, source="t").validators)
+    k.start(now=T0, trace_id="start")
+    k.register_principal(CAROL)
+    with pytest.raises(errors.ConstraintViolation) as denied:
+        k.validate(CAROL, "cap_stored", Use("read", str(root / "a.txt")), now=T0, trace_id="v")
+    assert denied.value.reason == "validator_error"
+    assert k.revoke(CAROL, "cap_stored", now=T0, trace_id="r") == ["cap_stored"]
+    store.close()

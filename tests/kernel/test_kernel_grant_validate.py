@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from capsup.agents import errors
 from capsup.supervisor.events import EventType
 from capsup.supervisor.kernel import CapabilityRequest, Delegation
-from capsup.validators import Use
+from capsup.validators import Use, paths
 from kernel_world import T0, World
 
 
@@ -78,10 +80,11 @@ def test_a_principal_without_policy_gets_nothing(world: World) -> None:
         (CapabilityRequest("file:///tmp", ["fly"]), errors.InvalidOperation),
         (CapabilityRequest("file:///tmp", []), errors.InvalidOperation),
         (CapabilityRequest("file:///tmp", "read"), errors.InvalidOperation),
-        (CapabilityRequest("file:///tmp", ["read"], {"bogus": 1}), errors.InvalidConstraints),
-        (CapabilityRequest("file:///tmp", ["read"], {"max_bytes": "x"}), errors.InvalidConstraints),
+        # Constraints are parsed once a ceiling covers the resource ({root}/data).
+        (CapabilityRequest("{root}/data", ["read"], {"bogus": 1}), errors.InvalidConstraints),
+        (CapabilityRequest("{root}/data", ["read"], {"max_bytes": "x"}), errors.InvalidConstraints),
         (
-            CapabilityRequest("file:///tmp", ["read"], {"max_delegation_depth": -1}),
+            CapabilityRequest("{root}/data", ["read"], {"max_delegation_depth": -1}),
             errors.InvalidConstraints,
         ),
         (CapabilityRequest("file:///tmp", ["read"], ttl=-5), errors.BadRequest),
@@ -92,10 +95,32 @@ def test_a_principal_without_policy_gets_nothing(world: World) -> None:
 def test_malformed_requests_get_a_precise_error(
     world: World, request_: CapabilityRequest, error: type[Exception]
 ) -> None:
+    if request_.resource.startswith("{root}"):
+        resource = "file://" + request_.resource.format(root=world.root)
+        request_ = dataclasses.replace(request_, resource=resource)
     with pytest.raises(error):
         world.kernel.request(world.alice, request_, now=T0, trace_id="t")
     assert world.kernel.live_count == 0
     assert world.recorder.events[-1].event == EventType.CAPABILITY_DENIED
+
+
+def test_constraints_outside_every_ceiling_are_never_parsed(world: World) -> None:
+    """Parsing constraints compiles deny globs, tens of milliseconds for a
+    long hostile list: a principal whom no ceiling covers there is denied
+    by policy before the supervisor spends anything on them."""
+    compiled = paths._compile.cache_info().misses
+    hostile = {"deny": [f"[{chr(0x100 + i)}-{chr(0x1FF + i)}]x{i}" for i in range(200)]}
+    for principal, resource in (
+        (world.mallory, f"file://{world.root}/data"),  # no policy entry at all
+        (world.alice, "file:///etc"),  # outside alice's ceilings
+    ):
+        with pytest.raises(errors.DeniedByPolicy):
+            world.kernel.request(
+                principal, CapabilityRequest(resource, ["read"], hostile), now=T0, trace_id="t"
+            )
+    assert paths._compile.cache_info().misses == compiled
+    with pytest.raises(errors.InvalidConstraints, match="deny"):
+        grant(world, f"file://{world.root}/data", ["read"], constraints={"deny": ["[z-a]"]})
 
 
 def test_grant_meets_the_ceiling_constraints(world: World) -> None:

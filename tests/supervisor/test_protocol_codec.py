@@ -45,6 +45,7 @@ from capsup.agents.errors import (
     error_class_for_code,
 )
 from capsup.agents.protocol import (
+    MAX_CONSTRAINTS_BYTES,
     MAX_DEPTH,
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
@@ -585,6 +586,27 @@ REJECT: list[tuple[ParseFn, Any, str]] = [
         {**REQ, "metadata": {"x": "y" * MAX_METADATA_BYTES}},
         f"more than {MAX_METADATA_BYTES}",
     ),
+    # Constraints: at most MAX_CONSTRAINTS_BYTES in one message, all maps together.
+    (
+        parse_request_args,
+        {**REQ, "constraints": {"deny": ["g" * 1000] * 9}},
+        "args.constraints: constraints of 9",
+    ),
+    (
+        parse_request_plan_args,
+        {"requests": [{**REQ, "constraints": {"deny": ["g" * 1000] * 3}}] * 3},
+        f"more than the {MAX_CONSTRAINTS_BYTES} one message may carry",
+    ),
+    (
+        parse_spawn_args,
+        {**SPAWN, "capabilities": [{"capability": "c", "constraints": {"deny": ["g" * 3000]}}] * 3},
+        "args.capabilities: constraints of 9",
+    ),
+    (
+        parse_delegate_args,
+        {**DEL, "constraints": {"deny": ["g" * 9000]}},
+        "args.constraints: constraints of 90",
+    ),
     (parse_validate_args, {**VAL, "capability": 5}, "args.capability must be a str, not int"),
     (parse_validate_args, {**VAL, "capability": "c" * 129}, "longer than 128"),
     (
@@ -648,6 +670,14 @@ def test_args_reject(parse: ParseFn, args: Any, error: str) -> None:
     with pytest.raises(BadRequest, match=re.escape(error)) as info:
         parse(args)
     assert type(info.value) is BadRequest
+
+
+def test_constraints_up_to_the_message_budget_are_accepted() -> None:
+    """The budget is on the encoded total, so a plan may spend it as it likes."""
+    fill = {"deny": ["g" * (MAX_CONSTRAINTS_BYTES // 4 - 16)]}
+    plan = parse_request_plan_args({"requests": [{**REQ, "constraints": fill}] * 4})
+    assert [r.constraints for r in plan.requests] == [fill] * 4
+    assert sum(len(encode(r.constraints)) for r in plan.requests) <= MAX_CONSTRAINTS_BYTES
 
 
 def test_parse_args_dispatches_on_op() -> None:

@@ -18,7 +18,7 @@ from capsup.validators import (
     default_registry,
 )
 from capsup.validators._common import MAX_LIST_ENTRIES
-from capsup.validators.filesystem import MAX_DENY_CHARACTERS
+from capsup.validators.filesystem import MAX_DENY_CHARACTERS, MAX_DENY_CLASSES
 from capsup.validators.paths import MAX_CLASS_RANGE, MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
 
 FS = FilesystemValidator()
@@ -220,6 +220,12 @@ def test_list_constraints_are_bounded_before_any_entry_is_compiled() -> None:
     assert len(FS.normalize_constraints({"deny": full})["deny"]) == 4
     with pytest.raises(ConstraintError, match=f"more than {MAX_DENY_CHARACTERS} characters"):
         FS.normalize_constraints({"deny": [*full, "b" * 100]})
+    classes = [f"*.[a-{letter}]" for letter in "bcdefghijklmnopq"] * 4  # 64 classes
+    assert len(FS.normalize_constraints({"deny": classes})["deny"]) == 16
+    with pytest.raises(
+        ConstraintError, match=f"65 character classes.*more than {MAX_DENY_CLASSES}"
+    ):
+        FS.normalize_constraints({"deny": [*classes, "[x]"]})
 
 
 @pytest.mark.parametrize(
