@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capsup.supervisor.environment import check_name_pattern
 from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling, strict_table
 from capsup.validators import ValidatorRegistry, default_registry
 
@@ -46,6 +47,10 @@ class Settings:
     #: "batch": agents run under SCHED_BATCH, so their wakeups never preempt
     #: the supervisor's loop; "inherit": they keep the supervisor's policy.
     agent_scheduling: str = "batch"
+    #: Variables of the supervisor's environment that agents get besides
+    #: :data:`~capsup.supervisor.environment.DEFAULT_PASSED`: names, or
+    #: ``NAME*`` prefixes, or ``*`` for all.
+    pass_environment: tuple[str, ...] = ()
 
 
 #: The positive numbers among the settings, and the types each may be.
@@ -147,6 +152,9 @@ def _parse_databases(section: Mapping[str, Any]) -> dict[str, DatabaseConfig]:
 def _parse_settings(section: Mapping[str, Any]) -> Settings:
     values: dict[str, Any] = {}
     for key, value in section.items():
+        if key == "pass_environment":
+            values[key] = _name_patterns(value, f"supervisor.{key}")
+            continue
         choices = _CHOICE_SETTINGS.get(key)
         if choices is not None:
             if not isinstance(value, str) or value not in choices:
@@ -162,3 +170,12 @@ def _parse_settings(section: Mapping[str, Any]) -> Settings:
             raise PolicyError(f"supervisor.{key}: must be a positive number")
         values[key] = value
     return Settings(**values)
+
+
+def _name_patterns(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise PolicyError(f"{where}: must be a list of variable names")
+    try:
+        return tuple(check_name_pattern(item) for item in value)
+    except ValueError as error:
+        raise PolicyError(f"{where}: {error}") from None

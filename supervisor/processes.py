@@ -16,12 +16,13 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
 import psutil
 from capsup.agents.errors import SpawnFailed
+from capsup.supervisor.environment import agent_environment
 
 __all__ = [
     "EXIT_REASONS",
@@ -122,10 +123,14 @@ def exit_status(returncode: int) -> int:
 class ProcessTable:
     """The supervisor's agents, by id, by pidfd and by (pid, create time)."""
 
-    def __init__(self, endpoint: str, *, batch: bool = True) -> None:
+    def __init__(
+        self, endpoint: str, *, batch: bool = True, pass_environment: Sequence[str] = ()
+    ) -> None:
         self._endpoint = endpoint
         #: Start agents under SCHED_BATCH (``[supervisor] agent_scheduling``).
         self._batch = batch
+        #: What of the supervisor's environment agents get besides the defaults.
+        self._pass_environment = tuple(pass_environment)
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
@@ -155,13 +160,11 @@ class ProcessTable:
         policy_name: str,
         parent: str | None = None,
         stdin_devnull: bool = False,
-        extra_env: Mapping[str, str] | None = None,
     ) -> AgentProcess:
         """Start ``argv`` as an agent; raises :class:`SpawnFailed`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPSUP_")}
-        env.update(extra_env or {})
-        env["CAPSUP_ENDPOINT"] = self._endpoint
-        env["CAPSUP_AGENT_ID"] = agent_id
+        env = agent_environment(
+            os.environ, self._pass_environment, endpoint=self._endpoint, agent_id=agent_id
+        )
         command = [
             sys.executable,
             "-m",

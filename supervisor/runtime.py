@@ -98,6 +98,7 @@ class Runtime:
             sink=sink,
             grace_period=options.grace_period,
             batch_agents=config.settings.agent_scheduling == "batch",
+            pass_environment=config.settings.pass_environment,
             max_message_bytes=config.settings.max_message_bytes,
             observe_request=self.metrics.observe_request,
             observe_validation=self.metrics.observe_validation,

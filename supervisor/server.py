@@ -98,6 +98,7 @@ class Server:
         sink: EventSink | None = None,
         grace_period: float = 5.0,
         batch_agents: bool = True,
+        pass_environment: Sequence[str] = (),
         max_message_bytes: int = p.MAX_MESSAGE_BYTES,
         observe_request: Callable[[str, float], None] | None = None,
         observe_validation: Callable[[float], None] | None = None,
@@ -109,7 +110,9 @@ class Server:
             raise ValueError(f"the agent endpoint must be ipc://, not {endpoint!r}")
         self.kernel = kernel
         self.endpoint = endpoint
-        self.processes = ProcessTable(endpoint, batch=batch_agents)
+        self.processes = ProcessTable(
+            endpoint, batch=batch_agents, pass_environment=pass_environment
+        )
         self._sink = sink
         self._grace = grace_period
         self._max_bytes = max_message_bytes

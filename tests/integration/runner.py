@@ -23,6 +23,7 @@ allow = [
 allow = []
 [supervisor]
 grace_period = 1
+{supervisor}
 """
 
 
@@ -58,9 +59,10 @@ def write_idle_agent(root: Path) -> Path:
     )
 
 
-def write_policy(root: Path) -> Path:
+def write_policy(root: Path, supervisor: str = "") -> Path:
+    """The test policy; ``supervisor`` holds more ``[supervisor]`` settings."""
     path = root / "policy.toml"
-    path.write_text(POLICY.format(root=root))
+    path.write_text(POLICY.format(root=root, supervisor=supervisor))
     return path
 
 
@@ -97,7 +99,13 @@ def start_capsup(root: Path, agent: Path, *extra: str) -> subprocess.Popen[bytes
 
 
 def capsup_run(
-    root: Path, agent: Path, *args: str, timeout: float = 60, extra: tuple[str, ...] = ()
+    root: Path,
+    agent: Path,
+    *args: str,
+    timeout: float = 60,
+    extra: tuple[str, ...] = (),
+    supervisor: str = "",
+    env: dict[str, str] | None = None,
 ) -> Outcome:
     audit = root / "audit.jsonl"
     proc = subprocess.run(
@@ -105,7 +113,7 @@ def capsup_run(
             *CAPSUP,
             "run",
             "--config",
-            str(write_policy(root)),
+            str(write_policy(root, supervisor)),
             "--audit-log",
             str(audit),
             *extra,
@@ -118,5 +126,6 @@ def capsup_run(
         text=True,
         timeout=timeout,
         cwd=root,
+        env=env,
     )
     return Outcome(proc.returncode, proc.stdout, proc.stderr, read_audit(audit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -145,6 +146,45 @@ def test_environment_names_the_endpoint_and_nothing_else(tmp_path: Path) -> None
     )
     outcome = capsup_run(tmp_path, agent)
     assert outcome.code == 0, outcome.stderr
+
+
+def test_agents_get_no_secrets_from_the_supervisors_environment(tmp_path: Path) -> None:
+    """Ambient authority the kernel never sees (tokens, the operator's SSH
+    agent) stays with the supervisor; the operator passes what an agent
+    needs by name, and sub-agents get the same."""
+    agent = write_agent(
+        tmp_path,
+        "agent",
+        f"""
+        import json, os, sys
+        from capsup.agents import connect
+        with connect() as client:
+            sub = client.spawn([sys.executable, "-c",
+                "import json, os; json.dump(dict(os.environ), open('{tmp_path}/sub.json', 'w'))"],
+                name="helper")
+            client.wait(sub.agent_id, timeout=30)
+        json.dump(dict(os.environ), open("{tmp_path}/main.json", "w"))
+        """,
+    )
+    env = {
+        **os.environ,
+        "AWS_SECRET_ACCESS_KEY": "s3cr3t",
+        "SSH_AUTH_SOCK": "/tmp/ssh-agent.sock",
+        "GITHUB_TOKEN": "ghp_x",
+        "MODEL_API_KEY": "sk-x",
+        "MODEL_REGION": "eu",
+        "CAPSUP_AGENT_ID": "agent-forged",
+        "LC_ALL": "C.UTF-8",
+    }
+    outcome = capsup_run(tmp_path, agent, supervisor='pass_environment = ["MODEL_*"]', env=env)
+    assert outcome.code == 0, outcome.stderr
+    for who in ("main", "sub"):
+        seen = json.loads((tmp_path / f"{who}.json").read_text())
+        for secret in ("AWS_SECRET_ACCESS_KEY", "SSH_AUTH_SOCK", "GITHUB_TOKEN"):
+            assert secret not in seen, (who, secret)
+        assert seen["MODEL_API_KEY"] == "sk-x" and seen["MODEL_REGION"] == "eu"
+        assert seen["PATH"] == os.environ["PATH"] and seen["LC_ALL"] == "C.UTF-8"
+        assert seen["CAPSUP_AGENT_ID"].startswith(f"agent-{'main' if who == 'main' else 'helper'}-")
 
 
 def test_a_stolen_id_is_denied_and_audited(tmp_path: Path) -> None:

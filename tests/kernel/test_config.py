@@ -61,6 +61,9 @@ def test_the_documented_form_loads(tmp_path: Path) -> None:
         ("[supervisor]\nagent_scheduling = 'fifo'", "agent_scheduling"),
         ("[supervisor]\nagent_scheduling = ['batch']", "agent_scheduling"),
         ("[supervisor]\nagent_scheduling = 1", "agent_scheduling"),
+        ("[supervisor]\npass_environment = 'HOME'", "pass_environment"),
+        ("[supervisor]\npass_environment = ['A-B']", "pass_environment"),
+        ("[supervisor]\npass_environment = [1]", "pass_environment"),
         ("this is [not toml", "TOML"),
     ],
 )
@@ -71,6 +74,14 @@ def test_errors_name_the_file_and_key(tmp_path: Path, text: str, names: str) -> 
         load_config(path)
     assert str(path) in str(info.value)
     assert names in str(info.value)
+
+
+def test_pass_environment_is_empty_unless_told(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load_config(path).settings.pass_environment == ()
+    path.write_text("[supervisor]\npass_environment = ['OPENAI_API_KEY', 'HF_*']\n")
+    assert load_config(path).settings.pass_environment == ("OPENAI_API_KEY", "HF_*")
 
 
 def test_agent_scheduling_is_batch_unless_told(tmp_path: Path) -> None:
