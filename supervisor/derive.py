@@ -63,9 +63,9 @@ class Delegation:
 
 
 def grant_within(
-    validators: ValidatorRegistry,
     request: CapabilityRequest,
     ceilings: Sequence[Ceiling],
+    validators: ValidatorRegistry,
     holder: str,
     now: float,
 ) -> tuple[Capability, Ceiling]:
@@ -107,11 +107,17 @@ def grant_within(
         except ConstraintError as error:
             why = f"the ceiling's constraints deny it: {error}"
             continue
+        held = validator.meet_constraints(constraints, limits)
+        try:
+            validator.check_held_constraints(held)
+        except ConstraintError as error:
+            why = f"with the ceiling's constraints: {error}"
+            continue
         cap = Capability(
             id=new_capability_id(),
             resource=resource,
             operations=operations,
-            constraints=_meet(validator, constraints, limits),
+            constraints=held,
             holder=holder,
             granted_at=now,
             expires_at=now + (ceiling.default_ttl if ttl is None else ttl),
@@ -182,6 +188,11 @@ def delegate_from(
             parent,
             f"max_delegation_depth {depth} exceeds the {parent.delegation_depth - 1} left",
         )
+    held = validator.meet_constraints(named, inherited)
+    try:
+        validator.check_held_constraints(held)
+    except ConstraintError as error:
+        raise InvalidConstraints(f"with the parent's constraints: {error}") from None
     expires_at = parent.expires_at
     ttl = _ttl(delegation.ttl)
     if ttl is not None:
@@ -192,7 +203,7 @@ def delegate_from(
         id=new_capability_id(),
         resource=resource,
         operations=operations,
-        constraints=_meet(validator, named, inherited),
+        constraints=held,
         holder=delegation.to,
         granted_at=now,
         expires_at=expires_at,
@@ -200,15 +211,6 @@ def delegate_from(
         delegation_depth=depth,
         metadata=_metadata(delegation.metadata),
     )
-
-
-def _meet(
-    validator: Validator, first: Mapping[str, Any], second: Mapping[str, Any]
-) -> dict[str, Any]:
-    try:
-        return validator.meet_constraints(first, second)
-    except ConstraintError as error:  # the two together pass a limit
-        raise InvalidConstraints(str(error)) from None
 
 
 def _widening(parent: Capability, message: str) -> DelegationWidening:

@@ -109,6 +109,15 @@ class Kernel:
             self._live[cap.id] = cap
         for cap in self._in_tree_order(loaded.live):
             self._index(cap, now)
+        # A delegation chain that loops never reaches a root, so the walk
+        # above skips it; only an edited state file can hold one. Its
+        # capabilities are taken in (so the tree is whole) and revoked.
+        looping = [cap for cap in loaded.live if cap.id not in self._checks]
+        for cap in looping:
+            self._index(cap, now)
+        if looping:
+            ids = list(self._subtree(cap.id for cap in looping))
+            self._end(ids, "revoked", now, trace_id, None, cause="corrupt_state")
         self._emit(
             Event(
                 EventType.KERNEL_STATE_RESTORED,
@@ -196,9 +205,9 @@ class Kernel:
             try:
                 granted.append(
                     grant_within(
-                        self._validators,
                         request,
                         self._policy.ceilings_for(principal.name),
+                        self._validators,
                         principal.id,
                         now,
                     )

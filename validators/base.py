@@ -171,6 +171,16 @@ class Validator(ABC):
                 return key
         return None
 
+    def check_held_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """Raise :class:`ConstraintError` if ``constraints`` are more than one
+        capability may hold.
+
+        The kernel calls this on the constraints of every capability it
+        makes, whichever way they came to be: a meet adds lists together and
+        a rebase restates them, so limits on what a request names do not
+        bound what a capability ends up holding. The default holds anything."""
+        return None
+
     def prepare_constraints(self, constraints: Mapping[str, Any]) -> Mapping[str, Any]:
         """``constraints`` (normalized) in the form :meth:`check` reads fastest.
 

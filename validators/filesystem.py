@@ -17,9 +17,11 @@ import re
 import stat
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from capsup.validators._common import (
+    MAX_LIST_ENTRIES,
     Normalizer,
     bad_size,
     has_control_char,
@@ -39,6 +41,7 @@ from capsup.validators.base import (
 from capsup.validators.paths import (
     DenyGlobs,
     ResolveError,
+    glob_shape,
     is_within,
     lexically_normal,
     normalize_glob,
@@ -47,10 +50,10 @@ from capsup.validators.paths import (
 )
 
 __all__ = [
-    "MAX_DENY_CHARACTERS",
-    "MAX_DENY_CLASSES",
-    "MAX_DENY_GLOBS_HELD",
+    "HELD_DENY_LIMITS",
     "MAX_PATH_LENGTH",
+    "NAMED_DENY_LIMITS",
+    "DenyLimits",
     "FilesystemValidator",
     "TargetError",
     "parse_target",
@@ -64,17 +67,40 @@ _URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 #: Characters left as they are in a canonical file URI; everything else,
 #: ``%`` first of all, is percent-encoded so that decoding once is exact.
 _SAFE = "/!$&'()*+,;=:@-._~"
-#: Most characters in one ``deny`` list, all globs together, and most
-#: character classes (``[``) in it. Compiling a glob costs a few
-#: microseconds per character, and a class over a hundred (its two
-#: readings each need a pass over the table of characters that fold to
-#: another): these bound what one request can make the supervisor's loop
-#: spend on it (about 25 ms; docs/capabilities.md).
-MAX_DENY_CHARACTERS = 4096
-MAX_DENY_CLASSES = 64
-#: Most globs in one capability's ``deny`` list, its ceiling's and every
-#: ancestor's included: each is matched on every check of the capability.
-MAX_DENY_GLOBS_HELD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DenyLimits:
+    """How large a deny list may be: globs, characters and character classes
+    (``[`` characters) in all.
+
+    Compiling a glob costs a few microseconds per character and a class
+    about a hundred (each of its two readings takes a pass over the table of
+    characters that fold to another), and a check matches every glob:
+    these bound what an agent can make the supervisor's one loop spend on a
+    list (docs/capabilities.md has the figures).
+    """
+
+    globs: int
+    characters: int
+    classes: int
+
+    def check(self, globs: Sequence[str]) -> None:
+        """Raise :class:`ValueError` saying which limit ``globs`` passes."""
+        if len(globs) > self.globs:
+            raise ValueError(f"holds {len(globs)} globs, more than {self.globs}")
+        if sum(map(len, globs)) > self.characters:
+            raise ValueError(f"holds more than {self.characters} characters in all")
+        classes = sum(glob.count("[") for glob in globs)
+        if classes > self.classes:
+            raise ValueError(f"holds {classes} character classes ('['), more than {self.classes}")
+
+
+#: What one request or delegation may name (and a policy ceiling hold).
+NAMED_DENY_LIMITS = DenyLimits(globs=MAX_LIST_ENTRIES, characters=4096, classes=64)
+#: What one capability may hold, its ceiling's and every ancestor's globs
+#: (restated for its root) included: a delegation adds to its parent's list.
+HELD_DENY_LIMITS = DenyLimits(globs=512, characters=8192, classes=128)
 #: Operations that may name a path that does not exist yet.
 _CREATING = frozenset({"write", "create"})
 
@@ -141,32 +167,14 @@ def _root_of(resource: str) -> str:
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:
-    """Both deny lists, bounded: a delegation adds globs to its parent's,
-    and a chain of them must not grow a list without end (every glob in it
-    is matched on every check)."""
-    globs = set(first) | set(second)
-    if len(globs) > MAX_DENY_GLOBS_HELD:
-        raise ConstraintError(
-            f"deny would hold {len(globs)} globs, more than the {MAX_DENY_GLOBS_HELD} "
-            "one capability may hold"
-        )
-    return sorted(globs)
+    return sorted(set(first) | set(second))
 
 
 _MEET: Mapping[str, Callable[[Any, Any], Any]] = {"deny": _union, "max_bytes": min}
-
-
-def _deny_cost(globs: Sequence[str]) -> None:
-    """Refuse a deny list that would cost too much to compile as a whole."""
-    if sum(map(len, globs)) > MAX_DENY_CHARACTERS:
-        raise ValueError(f"holds more than {MAX_DENY_CHARACTERS} characters in all")
-    classes = sum(glob.count("[") for glob in globs)
-    if classes > MAX_DENY_CLASSES:
-        raise ValueError(f"holds {classes} character classes ('['), more than {MAX_DENY_CLASSES}")
-
-
 _NORMALIZERS: Mapping[str, Normalizer] = {
-    "deny": lambda key, value: string_list(key, value, normalize_glob, check_all=_deny_cost),
+    "deny": lambda key, value: string_list(
+        key, value, normalize_glob, check_all=NAMED_DENY_LIMITS.check
+    ),
     "max_bytes": positive_int,
 }
 
@@ -228,12 +236,32 @@ class FilesystemValidator(SchemeValidator):
 
     # -- one use -----------------------------------------------------------------
 
+    def check_held_constraints(self, constraints: Mapping[str, Any]) -> None:
+        """The deny list within :data:`HELD_DENY_LIMITS`."""
+        patterns = constraints.get("deny")
+        if patterns:
+            try:
+                HELD_DENY_LIMITS.check(patterns)
+            except ValueError as error:
+                raise ConstraintError(f"deny {error}, the most one capability may hold") from None
+
     def prepare_constraints(self, constraints: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The deny list compiled (:class:`~capsup.validators.paths.DenyGlobs`)."""
+        """The deny list as :class:`~capsup.validators.paths.DenyGlobs`, once
+        checked to be what the kernel makes: a list of normalized globs within
+        the limits (a stored capability may predate today's)."""
         patterns = constraints.get("deny")
         if not patterns:
             return constraints
-        return {**constraints, "deny": DenyGlobs(patterns)}
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise ConstraintError("deny must be a list of strings")
+        self.check_held_constraints(constraints)
+        for pattern in patterns:
+            try:
+                if glob_shape(pattern) != pattern:
+                    raise ValueError(f"glob {pattern[:100]!r} is not normalized")
+            except ValueError as error:
+                raise ConstraintError(f"deny: {error}") from None
+        return {**constraints, "deny": DenyGlobs.of(patterns)}
 
     def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:

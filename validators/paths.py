@@ -52,7 +52,7 @@ __all__ = [
     "ResolveError",
     "Resolved",
     "fold_case",
-    "glob_matches",
+    "glob_shape",
     "is_within",
     "lexically_normal",
     "normalize_glob",
@@ -313,14 +313,29 @@ def is_within(inner: str, outer: str) -> bool:
 
 
 def normalize_glob(pattern: str) -> str:
-    """The canonical spelling of a deny glob, relative to the capability root.
+    """The canonical spelling of a deny glob, relative to the capability root,
+    checked to compile: ``[z-a]``, and a class range wider than
+    :data:`MAX_CLASS_RANGE`, are refused when given, not at each check.
+
+    Raises :class:`ValueError` as :func:`glob_shape` does, and for a glob
+    that is not a valid pattern.
+    """
+    glob = glob_shape(pattern)
+    try:
+        _compile(glob)
+    except re.error as error:
+        raise ValueError(f"glob {pattern[:100]!r} is not a valid pattern: {error}") from None
+    return glob
+
+
+def glob_shape(pattern: str) -> str:
+    """:func:`normalize_glob` without compiling: the canonical spelling.
 
     Empty, ``.`` and trailing segments are dropped so equal globs compare
     equal; absolute globs and ``..`` are refused because a glob can only name
     things beneath the root it is attached to. So are globs longer than
-    :data:`MAX_GLOB_LENGTH`, with more than :data:`MAX_GLOB_WILDCARDS`
-    wildcards or with a class range wider than :data:`MAX_CLASS_RANGE`: no
-    policy needs them, and an agent may send any glob.
+    :data:`MAX_GLOB_LENGTH` or with more than :data:`MAX_GLOB_WILDCARDS`
+    wildcards: no policy needs them, and an agent may send any glob.
     """
     if len(pattern) > MAX_GLOB_LENGTH:
         raise ValueError(f"glob {pattern[:100]!r}... is longer than {MAX_GLOB_LENGTH} characters")
@@ -339,42 +354,44 @@ def normalize_glob(pattern: str) -> str:
         raise ValueError(f"glob {pattern[:100]!r} may not contain '..'")
     if not segments:
         raise ValueError("a glob may not be empty")
-    glob = "/".join(segments)
-    try:
-        _compile(glob)
-    except re.error as error:  # [z-a]: refused when given, not at each check
-        raise ValueError(f"glob {pattern[:100]!r} is not a valid pattern: {error}") from None
-    return glob
-
-
-def glob_matches(patterns: Sequence[str], relative: str) -> str | None:
-    """The first of ``patterns`` (normalized globs) that denies ``relative``
-    or one of its ancestors: :meth:`DenyGlobs.first_match` for a list used once."""
-    return DenyGlobs(patterns).first_match(relative)
+    return "/".join(segments)
 
 
 class DenyGlobs:
-    """A deny list with its globs compiled, made once for a capability to keep.
+    """A capability's deny list, compiled the first time it is checked and
+    then kept with the capability.
 
     The kernel prepares each live capability's constraints when it takes the
-    capability in, and the filesystem validator makes this then. A capability
-    holding its own compiled globs is what keeps the cost of a check
-    independent of every other capability: behind a cache of bounded size,
-    an agent that held more distinct globs than the cache could make every
-    check compile its list again (tens of milliseconds for a long list).
-    Compiled patterns are shared by every live list that holds the same glob
-    (a delegated list repeats its parent's), so taking in a capability
-    compiles only the globs no live capability has.
+    capability in, and the filesystem validator makes this then (through
+    :meth:`of`). Compiled patterns kept here, and not only in a cache of
+    bounded size, are what keep the cost of a check independent of every
+    other capability: behind such a cache, an agent holding more distinct
+    globs than it holds could make every check compile its list again.
+    Compiling on the first check, not when the capability is made, keeps the
+    compiling one message can cause to one list: a ``spawn`` of 64
+    delegations restates its parents' globs 64 times (new strings, for a
+    deeper root) and compiles none of them. Lists are shared by every
+    capability that holds the same one, and compiled globs by every list
+    that holds the same glob.
     """
 
-    __slots__ = ("_both", "_folded", "patterns")
+    __slots__ = ("__weakref__", "_both", "_folded", "patterns")
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.patterns: tuple[str, ...] = tuple(patterns)
-        self._folded = tuple(_shared(_LIVE_FOLDED, _compile, p) for p in self.patterns)
+        self._folded: tuple[re.Pattern[str], ...] | None = None
         # The second reading is needed only for a name with a character that
         # folds to several (``\u00df``); most lists never compile it.
         self._both: tuple[re.Pattern[str], ...] | None = None
+
+    @classmethod
+    def of(cls, patterns: Sequence[str]) -> DenyGlobs:
+        """The live list of ``patterns``, made if no capability holds it yet."""
+        key = tuple(patterns)
+        globs = _LIVE_LISTS.get(key)
+        if globs is None:
+            globs = _LIVE_LISTS[key] = cls(key)
+        return globs
 
     def first_match(self, relative: str) -> str | None:
         """The first glob that denies ``relative`` or one of its ancestors.
@@ -389,11 +406,16 @@ class DenyGlobs:
         for ``secret.key``, ``\u1e9e`` for ``\u00df``). Folded: the glob's
         folding matches the name's (:func:`fold_case`; ``stra\u00dfe`` denies
         ``STRASSE``), ``?`` and a class standing for one folded character.
+
+        Raises :class:`re.error` for a glob that cannot be compiled (one
+        stored before today's checks); the validator denies then.
         """
         folded = relative.lower() if relative.isascii() else fold_case(relative)
         if len(folded) == len(relative):
             # No character folds to several (ASCII never does): then the folded
             # reading matches whatever the by-character one would.
+            if self._folded is None:
+                self._folded = tuple(_shared(_LIVE_FOLDED, _compile, p) for p in self.patterns)
             for pattern, compiled in zip(self.patterns, self._folded, strict=True):
                 if compiled.match(folded):
                     return pattern
@@ -410,6 +432,8 @@ class DenyGlobs:
         return f"DenyGlobs({list(self.patterns)!r})"
 
 
+#: Every deny list some live capability holds.
+_LIVE_LISTS: weakref.WeakValueDictionary[tuple[str, ...], DenyGlobs] = weakref.WeakValueDictionary()
 #: Every glob some live :class:`DenyGlobs` holds, compiled (by its two
 #: readings): entries go when the last list holding them does.
 _LIVE_FOLDED: weakref.WeakValueDictionary[str, re.Pattern[str]] = weakref.WeakValueDictionary()
@@ -459,7 +483,7 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
 
     Needed wherever a capability is narrowed to a deeper root: a glob copied
     unchanged would be read relative to the new root and deny other paths.
-    Names are compared as :func:`glob_matches` compares them, ignoring
+    Names are compared as :meth:`DenyGlobs.first_match` compares them, ignoring
     case, so ``data/**`` denies a new root spelled ``DATA`` and ``data/*.key``
     restated for ``DATA`` is ``*.key``. What remains of the pattern keeps its
     spelling; it ignores case again wherever it is checked.
@@ -491,7 +515,7 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
 
 
 def _segment_matches(segment: str, name: str) -> bool:
-    """Whether one glob segment denies one name, as :func:`glob_matches` reads it."""
+    """Whether one glob segment denies one name, as :meth:`DenyGlobs.first_match` reads it."""
     folded = fold_case(name)
     if _compile_segment(segment, by_character=False).fullmatch(folded):
         return True

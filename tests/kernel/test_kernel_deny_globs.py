@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from capsup.agents import errors
 from capsup.agents.capability import Capability
 from capsup.supervisor.config import parse_config
+from capsup.supervisor.events import EventType
 from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
 from capsup.supervisor.policy import Policy
 from capsup.supervisor.principal import Principal
@@ -204,10 +206,8 @@ def test_a_delegation_names_only_the_globs_it_adds(kernel: tuple[Kernel, Path]) 
     assert allowed(k, DAVE, child.id, data / "public" / "keys" / "k.txt")
 
 
-def test_a_capability_holds_at_most_1024_deny_globs(tmp_path: Path) -> None:
-    """Each delegation may add up to 256 globs; a chain of them must not grow
-    a list without end, since every glob is matched on every check."""
-    root = tmp_path.resolve()
+def deep_kernel(root: Path, depth: int = 4) -> Kernel:
+    """A kernel whose carol may read all of ``root`` and delegate ``depth`` times."""
     config = parse_config(
         {
             "agents": {
@@ -216,7 +216,7 @@ def test_a_capability_holds_at_most_1024_deny_globs(tmp_path: Path) -> None:
                         {
                             "resource": f"file://{root}",
                             "operations": ["read"],
-                            "max_delegation_depth": 4,
+                            "max_delegation_depth": depth,
                         }
                     ]
                 },
@@ -229,6 +229,14 @@ def test_a_capability_holds_at_most_1024_deny_globs(tmp_path: Path) -> None:
     k.start(now=T0, trace_id="start")
     k.register_principal(CAROL)
     k.register_principal(DAVE)
+    return k
+
+
+def test_a_chain_of_delegations_holds_at_most_512_deny_globs(tmp_path: Path) -> None:
+    """Each delegation may add up to 256 globs; a chain of them must not grow
+    a list without end, since every glob is matched on every check."""
+    root = tmp_path.resolve()
+    k = deep_kernel(root)
 
     def globs(level: int) -> dict[str, list[str]]:
         return {"deny": [f"g{level}_{i}" for i in range(256)]}
@@ -236,18 +244,55 @@ def test_a_capability_holds_at_most_1024_deny_globs(tmp_path: Path) -> None:
     cap = k.request(
         CAROL, CapabilityRequest(f"file://{root}", ["read"], globs(0)), now=T0, trace_id="g"
     )
-    for level in (1, 2, 3):
-        cap = k.delegate(
-            CAROL if cap.holder == CAROL.id else DAVE,
-            cap.id,
-            Delegation(DAVE.id if cap.holder == CAROL.id else CAROL.id, constraints=globs(level)),
-            now=T0,
-            trace_id="d",
-        )
-        assert len(cap.constraints["deny"]) == 256 * (level + 1)
-    holder = CAROL if cap.holder == CAROL.id else DAVE
-    with pytest.raises(errors.InvalidConstraints, match="more than the 1024 one capability"):
-        k.delegate(holder, cap.id, Delegation(CAROL.id, constraints=globs(4)), now=T0, trace_id="d")
+    cap = k.delegate(CAROL, cap.id, Delegation(DAVE.id, constraints=globs(1)), now=T0, trace_id="d")
+    assert len(cap.constraints["deny"]) == 512
+    with pytest.raises(
+        errors.InvalidConstraints,
+        match="768 globs, more than 512, the most one capability may hold",
+    ):
+        k.delegate(DAVE, cap.id, Delegation(CAROL.id, constraints=globs(2)), now=T0, trace_id="d")
+
+
+def test_restating_globs_for_a_deeper_root_cannot_pass_the_held_limits(tmp_path: Path) -> None:
+    """A glob with several ``**`` restated for a deeper root becomes several
+    globs: 26 of them, within what a request may name, became 1612 for a
+    root 30 levels down, and its first check took a second."""
+    root = tmp_path.resolve()
+    deep = root.joinpath(*["a"] * 30)
+    deep.mkdir(parents=True)
+    k = deep_kernel(root)
+    named = [("**/a/" * 30) + f"x{i}" for i in range(26)]
+    cap = k.request(
+        CAROL, CapabilityRequest(f"file://{root}", ["read"], {"deny": named}), now=T0, trace_id="g"
+    )
+    with pytest.raises(errors.InvalidConstraints, match="one capability may hold"):
+        k.delegate(CAROL, cap.id, Delegation(DAVE.id, f"file://{deep}"), now=T0, trace_id="d")
+
+
+def test_delegations_compile_nothing_until_a_check(tmp_path: Path) -> None:
+    """A delegation to a deeper root restates the parent's globs as new
+    strings; a spawn makes 64 such delegations in one message. Compiling
+    them there cost a second; a list is compiled at its first check."""
+    root = tmp_path.resolve()
+    deep = root.joinpath(*["a"] * 8)
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("x")
+    k = deep_kernel(root, depth=9)
+    named = [("a/" * 400) + f"x{i}" for i in range(4)]
+    cap = k.request(
+        CAROL, CapabilityRequest(f"file://{root}", ["read"], {"deny": named}), now=T0, trace_id="g"
+    )
+    misses = paths._compile.cache_info().misses
+    where = root
+    for _ in range(8):
+        where = where / "a"
+        holder = CAROL if cap.holder == CAROL.id else DAVE
+        to = DAVE if holder is CAROL else CAROL
+        cap = k.delegate(holder, cap.id, Delegation(to.id, f"file://{where}"), now=T0, trace_id="d")
+    assert cap.constraints["deny"] == sorted(("a/" * 392) + f"x{i}" for i in range(4))
+    assert paths._compile.cache_info().misses == misses
+    assert allowed(k, CAROL if cap.holder == CAROL.id else DAVE, cap.id, deep / "f.txt")
+    assert paths._compile.cache_info().misses == misses + 4
 
 
 def test_a_check_never_compiles_globs(kernel: tuple[Kernel, Path]) -> None:
@@ -258,8 +303,9 @@ def test_a_check_never_compiles_globs(kernel: tuple[Kernel, Path]) -> None:
     (data / "public" / "stra\u00dfe").write_text("x")  # read in both readings
     caps = [grant(k, f"file://{data}", deny=[f"c{n}_{i}" for i in range(256)]) for n in range(5)]
     paths_checked = {"readme.txt": True, "x.key": False, "stra\u00dfe": True}
-    for cap in caps:  # the first check in both readings compiles the second
-        assert allowed(k, CAROL, cap.id, data / "public" / "stra\u00dfe")
+    for cap in caps:  # the first check in each reading compiles the list for it
+        for name in paths_checked:
+            allowed(k, CAROL, cap.id, data / "public" / name)
     for cache in (paths._compile, paths._compile_both, paths._class_regex):
         cache.cache_clear()
     for cap in caps:
@@ -269,32 +315,77 @@ def test_a_check_never_compiles_globs(kernel: tuple[Kernel, Path]) -> None:
     assert paths._compile_both.cache_info().misses == 0
 
 
-def test_a_stored_capability_whose_globs_cannot_be_compiled_denies_every_use(
-    tmp_path: Path,
-) -> None:
-    """A capability stored under looser limits than today's: it stays, so it
-    can still be revoked with its subtree, and nothing validates under it."""
-    root = tmp_path.resolve()
-    (root / "a.txt").write_text("x")
-    store = Store(root / "state.db")
-    store.insert(
-        [
-            Capability(
-                id="cap_stored",
-                resource=f"file://{root}",
-                operations=frozenset({"read"}),
-                constraints={"deny": ["[z-a]"]},
-                holder=CAROL.id,
-                granted_at=T0,
-                expires_at=T0 + 100,
-            )
-        ]
+def stored(root: Path, cap_id: str, **fields: Any) -> Capability:
+    return Capability(
+        id=cap_id,
+        resource=f"file://{root}",
+        operations=frozenset({"read"}),
+        constraints=fields.pop("constraints", {}),
+        holder=CAROL.id,
+        granted_at=T0,
+        expires_at=T0 + 100,
+        **fields,
     )
-    k = Kernel(store=store, policy=Policy(), validators=parse_config({}, source="t").validators)
+
+
+def start_with(root: Path, caps: list[Capability]) -> tuple[Kernel, Recorder]:
+    store = Store(":memory:")
+    store.insert(caps)
+    recorder = Recorder()
+    k = Kernel(
+        store=store,
+        policy=Policy(),
+        validators=parse_config({}, source="t").validators,
+        sink=recorder,
+    )
     k.start(now=T0, trace_id="start")
     k.register_principal(CAROL)
+    return k, recorder
+
+
+@pytest.mark.parametrize(
+    "deny",
+    [
+        ["[z-a]"],  # does not compile
+        ["[a-\U0001ffff]"],  # a class range wider than today's limit
+        ["a" * 3000],  # longer than a glob may be
+        ["/etc/../a.txt"],  # not normalized
+        [f"g{i}" for i in range(600)],  # more than a capability may hold
+        "secret",  # not a list: not six one-letter globs
+    ],
+)
+def test_a_stored_capability_whose_globs_are_not_todays_denies_every_use(
+    tmp_path: Path, deny: object
+) -> None:
+    """A capability stored by a version with looser limits, or edited in
+    the state file: it stays, so that it can still be revoked with its
+    subtree, and nothing validates under it."""
+    root = tmp_path.resolve()
+    (root / "a.txt").write_text("x")
+    k, _ = start_with(root, [stored(root, "cap_stored", constraints={"deny": deny})])
     with pytest.raises(errors.ConstraintViolation) as denied:
         k.validate(CAROL, "cap_stored", Use("read", str(root / "a.txt")), now=T0, trace_id="v")
     assert denied.value.reason == "validator_error"
     assert k.revoke(CAROL, "cap_stored", now=T0, trace_id="r") == ["cap_stored"]
-    store.close()
+
+
+def test_a_stored_delegation_chain_that_loops_is_revoked_at_start(tmp_path: Path) -> None:
+    """Only an edited state file can hold a chain that loops (a is b's
+    parent, b is a's): it reaches no root, so it was never taken in, and a
+    revoke of it failed half-way. Now the loop and what hangs from it are
+    revoked as the kernel starts, and recorded."""
+    root = tmp_path.resolve()
+    (root / "a.txt").write_text("x")
+    caps = [
+        stored(root, "cap_a", parent_id="cap_b"),
+        stored(root, "cap_b", parent_id="cap_a"),
+        stored(root, "cap_c", parent_id="cap_b"),
+        stored(root, "cap_ok"),
+    ]
+    k, recorder = start_with(root, caps)
+    assert k.live_count == 1 and k.get("cap_ok") is not None
+    revoked = [e for e in recorder.events if e.event == EventType.CAPABILITY_REVOKED]
+    assert sorted(e.capability_id for e in revoked) == ["cap_a", "cap_b", "cap_c"]
+    assert {e.detail["cause"] for e in revoked} == {"corrupt_state"}
+    with pytest.raises(errors.Revoked):
+        k.validate(CAROL, "cap_c", Use("read", str(root / "a.txt")), now=T0, trace_id="v")

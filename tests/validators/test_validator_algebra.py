@@ -18,7 +18,7 @@ from capsup.validators import (
     default_registry,
 )
 from capsup.validators._common import MAX_LIST_ENTRIES
-from capsup.validators.filesystem import MAX_DENY_CHARACTERS, MAX_DENY_CLASSES
+from capsup.validators.filesystem import NAMED_DENY_LIMITS
 from capsup.validators.paths import MAX_CLASS_RANGE, MAX_GLOB_LENGTH, MAX_GLOB_WILDCARDS
 
 FS = FilesystemValidator()
@@ -218,12 +218,14 @@ def test_list_constraints_are_bounded_before_any_entry_is_compiled() -> None:
         DB.normalize_constraints({"tables": [f"t{i}" for i in range(MAX_LIST_ENTRIES + 1)]})
     full = ["a" * 1000 + str(i) for i in range(4)]  # 4004 characters
     assert len(FS.normalize_constraints({"deny": full})["deny"]) == 4
-    with pytest.raises(ConstraintError, match=f"more than {MAX_DENY_CHARACTERS} characters"):
+    with pytest.raises(
+        ConstraintError, match=f"more than {NAMED_DENY_LIMITS.characters} characters"
+    ):
         FS.normalize_constraints({"deny": [*full, "b" * 100]})
     classes = [f"*.[a-{letter}]" for letter in "bcdefghijklmnopq"] * 4  # 64 classes
     assert len(FS.normalize_constraints({"deny": classes})["deny"]) == 16
     with pytest.raises(
-        ConstraintError, match=f"65 character classes.*more than {MAX_DENY_CLASSES}"
+        ConstraintError, match=f"65 character classes.*more than {NAMED_DENY_LIMITS.classes}"
     ):
         FS.normalize_constraints({"deny": [*classes, "[x]"]})
 

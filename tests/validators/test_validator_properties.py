@@ -25,8 +25,8 @@ from capsup.validators import (
     paths,
 )
 from capsup.validators.paths import (
+    DenyGlobs,
     fold_case,
-    glob_matches,
     is_within,
     normalize_glob,
     rebase_glob,
@@ -52,6 +52,10 @@ SEGMENTS = st.sampled_from(
         "..", ".", "", "etc", "passwd",
     ]
 )  # fmt: skip
+
+
+def glob_matches(patterns: list[str], relative: str) -> str | None:
+    return DenyGlobs(patterns).first_match(relative)
 
 
 def _encode(segment: str, how: int) -> str:
