@@ -18,8 +18,10 @@ from collections.abc import Iterable, Mapping
 
 __all__ = ["DEFAULT_PASSED", "agent_environment", "check_name_pattern"]
 
-#: What every agent gets, when the supervisor has it: nothing here grants
-#: access to anything. ``NAME*`` stands for every name that starts so.
+#: What every agent gets, when the supervisor has it: names that say where
+#: things are and how to print them, never a secret by design. Exact names,
+#: no prefixes: any name can carry a token (``LC_*`` travels over SSH, and
+#: ``PYTHON_KEYRING_PASSWORD`` starts like Python's own variables).
 DEFAULT_PASSED: tuple[str, ...] = (
     "PATH",
     "HOME",
@@ -31,16 +33,45 @@ DEFAULT_PASSED: tuple[str, ...] = (
     "TZ",
     "LANG",
     "LANGUAGE",
-    "LC_*",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_COLLATE",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_ADDRESS",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_NAME",
+    "LC_PAPER",
+    "LC_TELEPHONE",
     "TERM",
     "COLORTERM",
     "NO_COLOR",
     "COLUMNS",
     "LINES",
-    # The agent runs under the supervisor's interpreter (and its bootstrap
-    # is imported from where the supervisor's capsup is): same paths.
+    "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    # The agent's bootstrap runs under the supervisor's interpreter and must
+    # import capsup as the supervisor did: the same library and module paths.
+    "LD_LIBRARY_PATH",
     "VIRTUAL_ENV",
-    "PYTHON*",
+    "PYENV_VERSION",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONNOUSERSITE",
+    "PYTHONUSERBASE",
+    "PYTHONSAFEPATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONIOENCODING",
+    "PYTHONUTF8",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONWARNINGS",
 )
 
 _NAME_PATTERN = re.compile(r"\*|[A-Za-z_][A-Za-z0-9_]*\*?")

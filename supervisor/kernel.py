@@ -18,8 +18,9 @@ State kept in memory for the hot path:
 - ``_buckets``: the token buckets a use must spend, the capability's own and
   every rate-limited ancestor's;
 - ``_checks``: each capability's validator check, bound to its resource and
-  its constraints as the validator prepared them (deny globs compiled), so
-  a use neither looks the validator up nor compiles anything.
+  its constraints as the validator prepared them (its deny list, compiled
+  at the first check and kept), so a use never looks the validator up, and
+  only a capability's first use compiles anything.
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ class Kernel:
         looping = [cap for cap in loaded.live if cap.id not in self._checks]
         for cap in looping:
             self._index(cap, now)
-        if looping:
-            ids = list(self._subtree(cap.id for cap in looping))
-            self._end(ids, "revoked", now, trace_id, None, cause="corrupt_state")
+        for cap in looping:
+            if cap.id in self._live:  # not ended with a loop met before
+                ids = list(self._subtree([cap.id]))
+                self._end(ids, "revoked", now, trace_id, None, cause="corrupt_state")
         self._emit(
             Event(
                 EventType.KERNEL_STATE_RESTORED,
@@ -342,7 +344,7 @@ class Kernel:
             return validator_failed(error)
 
     def _prepared_check(self, cap: Capability) -> Callable[[Use], Decision]:
-        """``cap``'s check, with its constraints prepared once (compiled globs).
+        """``cap``'s check, with its constraints prepared once (its deny list).
 
         A capability whose constraints cannot be prepared (one stored by a
         version with looser limits, a validator that raises) stays in the

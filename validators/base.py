@@ -186,10 +186,11 @@ class Validator(ABC):
 
         The kernel calls this once, when it takes a capability in, and hands
         the result to every :meth:`check` of that capability, so that work a
-        check would otherwise repeat on each use (compiling deny globs) is
-        done once and kept with the capability, not in a cache other
-        capabilities can evict. May raise: the kernel then denies every use of
-        the capability. The default is the constraints as they are."""
+        check would otherwise repeat on each use (compiling deny globs) can
+        be kept with the capability, done at its first check, not in a cache
+        other capabilities can evict. May raise: the kernel then denies
+        every use of the capability. The default is the constraints as they
+        are."""
         return constraints
 
     @abstractmethod

@@ -89,8 +89,9 @@ class DenyLimits:
         """Raise :class:`ValueError` saying which limit ``globs`` passes."""
         if len(globs) > self.globs:
             raise ValueError(f"holds {len(globs)} globs, more than {self.globs}")
-        if sum(map(len, globs)) > self.characters:
-            raise ValueError(f"holds more than {self.characters} characters in all")
+        characters = sum(map(len, globs))
+        if characters > self.characters:
+            raise ValueError(f"holds {characters} characters, more than {self.characters}")
         classes = sum(glob.count("[") for glob in globs)
         if classes > self.classes:
             raise ValueError(f"holds {classes} character classes ('['), more than {self.classes}")

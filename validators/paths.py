@@ -511,7 +511,28 @@ def rebase_glob(pattern: str, relative: str) -> list[str] | None:
             pending += [(at + 1, taken), (at, taken + 1)]
         elif _segment_matches(segments[at], names[taken]):
             pending.append((at + 1, taken + 1))
-    return sorted(rests)
+    return _without_covered(rests)
+
+
+def _without_covered(globs: set[str]) -> list[str]:
+    """``globs`` without those another of them denies all of: ``**/X``
+    denies whatever ``X`` or ``P/X`` denies (``**`` spans ``P``).
+
+    A glob with several ``**`` restated for a deeper root gives one rest per
+    way through, mostly covered so: 26 such globs gave 1612 rests, 52 of
+    them needed. Only a glob kept can cover another, so what is left denies
+    exactly what all of them did."""
+    kept: list[str] = []
+    tails: list[str] = []
+    # "**/" globs first, shortest first: a covering glob comes before those
+    # it covers (``**/**/X`` after ``**/X``).
+    for glob in sorted(globs, key=lambda g: (not g.startswith("**/"), len(g), g)):
+        if any(glob == tail or glob.endswith("/" + tail) for tail in tails):
+            continue
+        kept.append(glob)
+        if glob.startswith("**/"):
+            tails.append(glob[3:])
+    return sorted(kept)
 
 
 def _segment_matches(segment: str, name: str) -> bool:
