@@ -108,12 +108,14 @@ class Kernel:
         self._tombstones = loaded.tombstones
         for cap in loaded.live:
             self._live[cap.id] = cap
+        reached = set()
         for cap in self._in_tree_order(loaded.live):
             self._index(cap, now)
+            reached.add(cap.id)
         # A delegation chain that loops never reaches a root, so the walk
         # above skips it; only an edited state file can hold one. Its
         # capabilities are taken in (so the tree is whole) and revoked.
-        looping = [cap for cap in loaded.live if cap.id not in self._checks]
+        looping = [cap for cap in loaded.live if cap.id not in reached]
         for cap in looping:
             self._index(cap, now)
         for cap in looping:

@@ -253,16 +253,14 @@ class FilesystemValidator(SchemeValidator):
         patterns = constraints.get("deny")
         if not patterns:
             return constraints
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ConstraintError("deny must be a list of strings")
-        self.check_held_constraints(constraints)
-        for pattern in patterns:
-            try:
-                if glob_shape(pattern) != pattern:
-                    raise ValueError(f"glob {pattern[:100]!r} is not normalized")
-            except ValueError as error:
-                raise ConstraintError(f"deny: {error}") from None
-        return {**constraints, "deny": DenyGlobs.of(patterns)}
+        stored = string_list(
+            "deny",
+            patterns,
+            _as_normalized,
+            max_entries=HELD_DENY_LIMITS.globs,
+            check_all=HELD_DENY_LIMITS.check,
+        )
+        return {**constraints, "deny": DenyGlobs.of(stored)}
 
     def decide(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
         if use.operation not in self.operations:
@@ -290,6 +288,13 @@ class FilesystemValidator(SchemeValidator):
         if max_bytes is not None:
             return _check_size(max_bytes, use, resolved.path)
         return ALLOW
+
+
+def _as_normalized(glob: str) -> str:
+    """``glob`` if it is in the form :func:`normalize_glob` gives (not compiled)."""
+    if glob_shape(glob) != glob:
+        raise ValueError(f"glob {glob[:100]!r} is not normalized")
+    return glob
 
 
 def _check_globs(globs: DenyGlobs, root: str, path: str, resolved: str) -> Decision | None:
