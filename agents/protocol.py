@@ -790,7 +790,24 @@ def parse_request_args(args: Mapping[str, Any], *, where: str = "args") -> Reque
 
 
 def parse_validate_args(args: Mapping[str, Any], *, where: str = "args") -> ValidateArgs:
-    """Check ``validate``'s arguments."""
+    """Check ``validate``'s arguments.
+
+    Nearly every validate names just the three required fields, as short
+    strings; those are accepted on sight, at a third of what taking them
+    field by field costs (this runs once per use of a capability). Anything
+    else goes field by field, which also says what is wrong."""
+    if type(args) is dict and len(args) == 3:
+        get = args.get  # a missing field is None, which is not a str
+        capability, operation, resource = get("capability"), get("operation"), get("resource")
+        if (
+            type(capability) is str
+            and type(operation) is str
+            and type(resource) is str
+            and 0 < len(capability) <= MAX_ID_LENGTH
+            and 0 < len(operation) <= MAX_OPERATION_LENGTH
+            and 0 < len(resource) <= MAX_RESOURCE_LENGTH
+        ):
+            return ValidateArgs(capability, operation, resource)
     f = _Fields(args, where)
     parsed = ValidateArgs(
         capability=f.required("capability", _id_text),

@@ -355,13 +355,19 @@ class Server:
 
     def _receive(self) -> tuple[list[bytes], str]:
         """One message's frames, and the User-Id its connection was given at
-        the handshake (libzmq puts the metadata on every frame of a message,
-        the routing id the ROUTER prepends included). Frames are taken as
-        Frame objects, whose ``more`` flag is cheaper to read than
-        ``getsockopt(RCVMORE)`` (which builds an enum on every call)."""
+        the handshake.
+
+        A ROUTER hands over a message whole: the routing id it prepends,
+        which always has more frames after it, then the peer's frames, all
+        already queued. The routing id is taken as plain bytes, the rest as
+        Frame objects: ``more`` on a Frame is cheaper to read than
+        ``getsockopt(RCVMORE)`` (which builds an enum on every call), and
+        the User-Id is read from the first of them, since libzmq puts the
+        connection's metadata on every frame it receives."""
         recv = self._socket.recv
+        routing_id = recv(_RECV)
         first = frame = recv(_RECV, copy=False)
-        frames = [frame.bytes]
+        frames = [routing_id, frame.bytes]
         while frame.more:
             frame = recv(_RECV, copy=False)
             frames.append(frame.bytes)

@@ -8,6 +8,7 @@ timeouts and error mapping, and nothing of the kernel's decisions.
 from __future__ import annotations
 
 import datetime
+import itertools
 import pickle
 import re
 import tempfile
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -47,9 +49,12 @@ from capsup.agents.errors import (
 from capsup.agents.protocol import (
     MAX_CONSTRAINTS_BYTES,
     MAX_DEPTH,
+    MAX_ID_LENGTH,
     MAX_MESSAGE_BYTES,
     MAX_METADATA_BYTES,
+    MAX_OPERATION_LENGTH,
     MAX_PLAN_REQUESTS,
+    MAX_RESOURCE_LENGTH,
     DelegateArgs,
     ListArgs,
     Op,
@@ -394,6 +399,36 @@ def test_a_packed_result_gives_the_very_bytes_of_the_unpacked_one(
 ) -> None:
     packed = Packed(encode(result))
     assert ok_reply(request_id, packed, trace_id) == ok_reply(request_id, result, trace_id)
+
+
+def _values_around(limit: int) -> list[Any]:
+    """A field's value at and across its length bounds, and of other types."""
+    return ["", "x", "x" * limit, "x" * (limit + 1), None, 1, True, ["x"], {"x": 1}]
+
+
+def test_validate_args_on_sight_agree_with_field_by_field() -> None:
+    """The shortcut for a plain three-field validate accepts exactly what
+    taking the fields one by one accepts, and refuses the same way: every
+    combination of values at and across the bounds, with and without extra
+    fields (a mapping that is not a dict always goes field by field)."""
+
+    def outcome(value: Any) -> Any:
+        try:
+            return parse_validate_args(value)
+        except BadRequest as error:
+            return str(error)
+
+    extras: list[dict[str, Any]] = [{}, {"size": 1}, {"statement": "S"}, {"sql": "S"}]
+    for capability, operation, resource, extra in itertools.product(
+        _values_around(MAX_ID_LENGTH),
+        _values_around(MAX_OPERATION_LENGTH),
+        _values_around(MAX_RESOURCE_LENGTH),
+        extras,
+    ):
+        args = {"capability": capability, "operation": operation, "resource": resource, **extra}
+        for missing in (None, "capability", "operation", "resource"):
+            shaped = {k: v for k, v in args.items() if k != missing}
+            assert outcome(shaped) == outcome(MappingProxyType(shaped)), shaped
 
 
 def test_a_packed_result_is_bounded_like_any_other() -> None:
