@@ -31,6 +31,7 @@ import zmq
 from capsup.agents import protocol as p
 from capsup.agents.bootstrap import enter_batch_scheduling
 from capsup.agents.errors import (
+    BadRequest,
     CapsupError,
     InternalError,
     NotAuthorized,
@@ -75,6 +76,13 @@ def new_trace_id() -> str:
 
 @dataclass
 class _Waiter:
+    """A ``wait`` to be answered when its agent exits or its deadline passes.
+
+    ``waiter`` is the agent that asked: the answer goes out only while it
+    runs, because once its connection is gone its routing id may belong to
+    another connection."""
+
+    waiter: AgentProcess
     envelope: list[bytes]
     request_id: p.RequestId
     trace_id: str
@@ -228,10 +236,11 @@ class Server:
         for child in self.processes.descendants(agent.agent_id):
             self.processes.stop(child, now, self._grace)
         for waiter in self._waiters.pop(agent.agent_id, []):
-            self._send(
-                waiter.envelope,
-                p.ok_reply(waiter.request_id, {"exit_code": returncode}, waiter.trace_id),
-            )
+            if waiter.waiter.running:
+                self._send(
+                    waiter.envelope,
+                    p.ok_reply(waiter.request_id, {"exit_code": returncode}, waiter.trace_id),
+                )
         self._peers = {k: v for k, v in self._peers.items() if v.agent is not agent}
         for child_id in list(agent.children):
             finished = self.processes.get(child_id)
@@ -297,10 +306,10 @@ class Server:
         if self._socket in ready:
             for _ in range(_BATCH):
                 try:
-                    raw, user = self._receive()
+                    raw, first = self._receive()
                 except zmq.Again:
                     break
-                self._handle(raw, user)
+                self._handle(raw, first)
         self._timers()
 
     def _bounded(self, timeout: float | None) -> float | None:
@@ -323,10 +332,11 @@ class Server:
         for agent_id, waiters in list(self._waiters.items()):
             for waiter in [w for w in waiters if w.deadline is not None and w.deadline <= now]:
                 waiters.remove(waiter)
-                error = WaitTimeout(f"agent {agent_id} is still running")
-                self._send(
-                    waiter.envelope, p.error_reply(waiter.request_id, error, waiter.trace_id)
-                )
+                if waiter.waiter.running:
+                    error = WaitTimeout(f"agent {agent_id} is still running")
+                    self._send(
+                        waiter.envelope, p.error_reply(waiter.request_id, error, waiter.trace_id)
+                    )
             if not waiters:
                 del self._waiters[agent_id]
         if self._on_idle is not None:
@@ -353,9 +363,10 @@ class Server:
 
     # -- requests -------------------------------------------------------------
 
-    def _receive(self) -> tuple[list[bytes], str]:
-        """One message's frames, and the User-Id its connection was given at
-        the handshake.
+    def _receive(self) -> tuple[list[bytes], zmq.Frame]:
+        """One message's frames, and the first after the routing id, whose
+        metadata says who the connection is (the User-Id it was given at
+        the handshake) and whether it chose its own routing id.
 
         A ROUTER hands over a message whole: the routing id it prepends,
         which always has more frames after it, then the peer's frames, all
@@ -371,18 +382,18 @@ class Server:
         while frame.more:
             frame = recv(_RECV, copy=False)
             frames.append(frame.bytes)
-        return frames, str(first.get("User-Id") or "")
+        return frames, first
 
-    def _handle(self, raw: list[bytes], user: str) -> None:
+    def _handle(self, raw: list[bytes], first: zmq.Frame) -> None:
         started = time.perf_counter()
         envelope = p.routing_envelope(raw)
         op = "invalid"
         try:
-            admitted = self._admit(raw, envelope, user)
+            admitted = self._admit(raw, envelope, str(first.get("User-Id") or ""))
             if admitted is not None:
                 peer, request, args = admitted
                 op = request.op  # a StrEnum: the wire name, without .value
-                self._execute(envelope, peer, request, args)
+                self._execute(envelope, peer, request, args, first)
         except Exception as error:  # a bug must not take the supervisor down
             self._internal_error(envelope, None, new_trace_id(), error)
         finally:
@@ -429,7 +440,12 @@ class Server:
             return None
 
     def _execute(
-        self, envelope: list[bytes], peer: _Peer, request: p.Request, args: p.OpArgs
+        self,
+        envelope: list[bytes],
+        peer: _Peer,
+        request: p.Request,
+        args: p.OpArgs,
+        first: zmq.Frame,
     ) -> None:
         """Carry out an admitted request and answer it (``wait`` perhaps later).
         Refusals from here on were recorded by whoever refused."""
@@ -437,7 +453,7 @@ class Server:
         result: dict[str, Any] | p.Packed | None
         try:
             if isinstance(args, _PROCESS_OPS):
-                result = self._process_op(peer, args, envelope, request.id, trace_id)
+                result = self._process_op(peer, args, envelope, request.id, trace_id, first)
                 if result is None:
                     return  # a wait that will be answered later
             else:
@@ -527,6 +543,7 @@ class Server:
         envelope: list[bytes],
         request_id: p.RequestId,
         trace_id: str,
+        first: zmq.Frame,
     ) -> dict[str, Any] | None:
         if isinstance(args, p.WaitArgs):
             child = self.processes.get(args.agent)
@@ -544,12 +561,21 @@ class Server:
                 raise error
             if not child.running:
                 return {"exit_code": child.returncode}
+            if first.get("Identity"):
+                # The ROUTER cannot say when such a connection is replaced:
+                # an id the peer chose is free for any process to take once
+                # the peer disconnects, and a late answer would go there.
+                chosen_id = BadRequest(
+                    "a wait that must be answered later needs a connection whose routing id "
+                    "the supervisor assigned; connect without setting ZMQ_ROUTING_ID"
+                )
+                self._refuse(chosen_id, peer, "wait", trace_id)
             waiting = self._waiters.setdefault(child.agent_id, [])
             if len(waiting) >= _MAX_WAITERS:
                 error = NotAuthorized(f"more than {_MAX_WAITERS} waits on one agent")
                 self._refuse(error, peer, "wait", trace_id)
             deadline = None if args.timeout is None else time.time() + args.timeout
-            waiting.append(_Waiter(envelope, request_id, trace_id, deadline))
+            waiting.append(_Waiter(peer.agent, envelope, request_id, trace_id, deadline))
             return None
         return self._spawn(peer, args, trace_id)
 

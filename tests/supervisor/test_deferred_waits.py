@@ -1,0 +1,157 @@
+"""A ``wait`` answered later is answered only to the connection that asked.
+
+A ROUTER routes a reply by routing id, and cannot say when the connection
+behind an id is gone and another has taken the id. So a late answer goes
+out only while the agent that asked still runs, and is never deferred on a
+connection that chose its own id (which any process may claim once free).
+
+A real supervisor (Runtime) in this process, real agent processes, and
+DEALER sockets of the test's own standing in for a stranger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from capsup.supervisor.config import parse_config
+from capsup.supervisor.processes import AgentProcess
+from capsup.supervisor.runtime import Runtime, RuntimeOptions
+
+#: A sub-agent that ignores SIGTERM, says so with the file ``sleeping``, and
+#: ends when the file ``release`` appears.
+SLEEPER = """
+import pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+home = pathlib.Path(sys.argv[1])
+(home / "sleeping").touch()
+while not (home / "release").exists():
+    time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime(
+        parse_config({}, source="<test>"),
+        RuntimeOptions(
+            endpoint=f"ipc://{tmp_path}/capsup.sock",
+            audit_log=str(tmp_path / "audit.jsonl"),
+            grace_period=30.0,  # the sleeper ends when the test says so
+        ),
+    )
+    yield rt
+    (tmp_path / "release").touch()
+    rt.close()
+
+
+def drive(runtime: Runtime, until: Callable[[], bool], what: str) -> None:
+    for _ in range(600):
+        if until():
+            return
+        runtime.server.turn(timeout=0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start(tmp_path: Path, runtime: Runtime, body: str) -> AgentProcess:
+    script = tmp_path / "agent.py"
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    script.write_text(textwrap.dedent(body))
+    return runtime.server.start_agent([sys.executable, str(script), str(tmp_path)], name="parent")
+
+
+def test_a_late_answer_never_reaches_a_stranger_holding_the_askers_routing_id(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    agent = start(
+        tmp_path,
+        runtime,
+        """
+        import pathlib, sys
+        from capsup.agents import connect
+        home = pathlib.Path(sys.argv[1])
+        client = connect()
+        sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
+        client.wait(sub.agent_id)  # answered later; the test kills us first
+        """,
+    )
+    server = runtime.server
+    drive(runtime, lambda: bool(server._waiters), "the parent's wait")
+    drive(runtime, (tmp_path / "sleeping").exists, "the sub-agent to ignore SIGTERM")
+    ((child_id, (waiter,)),) = server._waiters.items()
+    routing_id = waiter.envelope[0]
+    os.kill(agent.pid, signal.SIGKILL)
+    drive(runtime, lambda: not agent.running, "the parent's exit")
+
+    # A stranger takes the parent's routing id, and proves that replies to it
+    # now reach the stranger: it is answered (unauthenticated) on that id.
+    context = zmq.Context()
+    stranger = context.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.setsockopt(zmq.ROUTING_ID, routing_id)
+    try:
+        stranger.connect(server.endpoint)
+        stranger.send(msgpack.packb({"id": 7, "op": "whoami", "args": {}}))
+        drive(runtime, lambda: bool(stranger.poll(0)), "the stranger's answer")
+        reply = msgpack.unpackb(stranger.recv())
+        assert (reply["id"], reply["error"]["code"]) == (7, "unauthenticated")
+
+        (tmp_path / "release").touch()
+        child = server.processes.get(child_id)
+        assert child is not None and child.running
+        drive(runtime, lambda: not child.running, "the sub-agent's exit")
+        for _ in range(20):
+            server.turn(timeout=0.01)
+        assert not stranger.poll(100), msgpack.unpackb(stranger.recv())
+        assert not server._waiters
+    finally:
+        stranger.close()
+        context.term()
+
+
+def test_a_wait_is_not_deferred_on_a_connection_that_chose_its_routing_id(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    agent = start(
+        tmp_path,
+        runtime,
+        """
+        import os, pathlib, sys
+        import msgpack, zmq
+        from capsup.agents import WaitTimeout, connect
+        home = pathlib.Path(sys.argv[1])
+        client = connect()
+        sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
+
+        chosen = zmq.Context.instance().socket(zmq.DEALER)
+        chosen.setsockopt(zmq.ROUTING_ID, b"my-own-id")
+        chosen.connect(os.environ["CAPSUP_ENDPOINT"])
+        chosen.send(msgpack.packb({"id": 1, "op": "wait", "args": {"agent": sub.agent_id}}))
+        reply = msgpack.unpackb(chosen.recv())
+        assert reply["error"]["code"] == "bad_request", reply
+        assert "ZMQ_ROUTING_ID" in reply["error"]["message"], reply
+
+        try:  # the SDK's connection has an id the supervisor assigned
+            client.wait(sub.agent_id, timeout=0.2)
+        except WaitTimeout:
+            pass
+        else:
+            raise SystemExit("the sub-agent ended early")
+        (home / "release").touch()
+        assert client.wait(sub.agent_id, timeout=30) == 0
+        """,
+    )
+    drive(runtime, lambda: not agent.running, "the agent's exit")
+    assert agent.returncode == 0
+    runtime.audit.flush()
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    (denied,) = [r for r in records if r["event"] == "capability_denied"]
+    assert (denied["operation"], denied["reason"]) == ("wait", "bad_request")
