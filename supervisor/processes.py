@@ -134,6 +134,9 @@ class ProcessTable:
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
+        #: Agents with a SIGKILL deadline, by id: the loop looks at these
+        #: every turn, so not at every agent there is.
+        self._doomed: dict[str, AgentProcess] = {}
         #: Agents spawned and not yet reaped: a plain int, so the metrics
         #: thread can read it while the loop changes the table.
         self.running_count = 0
@@ -227,6 +230,7 @@ class ProcessTable:
             self.running_count -= 1
             self._by_pidfd.pop(agent.pidfd, None)
             self._by_key.pop((agent.pid, agent.create_time), None)
+            self._doomed.pop(agent.agent_id, None)
             os.close(agent.pidfd)
         return agent.returncode
 
@@ -248,15 +252,27 @@ class ProcessTable:
         """SIGTERM now, SIGKILL at ``now + grace`` if still running."""
         if agent.running and agent.kill_at is None:
             self.send_signal(agent, signal.SIGTERM)
-            agent.kill_at = now + grace
+            self.kill_later(agent, now + grace)
+
+    def kill_later(self, agent: AgentProcess, deadline: float) -> None:
+        """SIGKILL ``agent`` at ``deadline`` if it still runs then; a
+        deadline already set stands."""
+        if agent.running and agent.kill_at is None:
+            agent.kill_at = deadline
+            self._doomed[agent.agent_id] = agent
 
     def kill_overdue(self, now: float) -> None:
-        for agent in self._by_id.values():
-            if agent.running and agent.kill_at is not None and now >= agent.kill_at:
+        """SIGKILL every agent past its deadline (once: it cannot survive it)."""
+        for agent in list(self._doomed.values()):
+            if not agent.running:
+                del self._doomed[agent.agent_id]
+            elif agent.kill_at is not None and now >= agent.kill_at:
                 self.send_signal(agent, signal.SIGKILL)
+                del self._doomed[agent.agent_id]
 
     def next_kill(self) -> float | None:
-        deadlines = [a.kill_at for a in self._by_id.values() if a.running and a.kill_at]
+        """The earliest SIGKILL deadline still ahead, if any."""
+        deadlines = [a.kill_at for a in self._doomed.values() if a.running and a.kill_at]
         return min(deadlines) if deadlines else None
 
     def descendants(self, agent_id: str) -> list[AgentProcess]:

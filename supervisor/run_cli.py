@@ -96,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 # shares our foreground process group; do not deliver it twice.
                 if not (signum == signal.SIGINT and _terminal_sent_it()):
                     server.processes.send_signal(agent, signum)
-                if agent.kill_at is None:
-                    agent.kill_at = time.time() + grace
+                server.processes.kill_later(agent, time.time() + grace)
             server.pending_signals.clear()
         server.stop_all()
         code = exit_code_of(agent)

@@ -1,4 +1,5 @@
-"""A ``wait`` answered later is answered only to the connection that asked.
+"""Sub-agents: a stubborn one is killed after the grace period, and a
+``wait`` answered later is answered only to the connection that asked.
 
 A ROUTER routes a reply by routing id, and cannot say when the connection
 behind an id is gone and another has taken the id. So a late answer goes
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,13 +41,16 @@ while not (home / "release").exists():
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
+def runtime(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
+    """A supervisor whose grace period is the test's ``grace`` mark, or 30 s
+    (so that the sleeper ends when the test says so)."""
+    mark = request.node.get_closest_marker("grace")
     rt = Runtime(
         parse_config({}, source="<test>"),
         RuntimeOptions(
             endpoint=f"ipc://{tmp_path}/capsup.sock",
             audit_log=str(tmp_path / "audit.jsonl"),
-            grace_period=30.0,  # the sleeper ends when the test says so
+            grace_period=mark.args[0] if mark else 30.0,
         ),
     )
     yield rt
@@ -155,3 +160,33 @@ def test_a_wait_is_not_deferred_on_a_connection_that_chose_its_routing_id(
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     (denied,) = [r for r in records if r["event"] == "capability_denied"]
     assert (denied["operation"], denied["reason"]) == ("wait", "bad_request")
+
+
+@pytest.mark.grace(0.3)
+def test_a_stubborn_sub_agent_is_killed_once_its_grace_period_is_over(
+    tmp_path: Path, runtime: Runtime
+) -> None:
+    agent = start(
+        tmp_path,
+        runtime,
+        """
+        import pathlib, sys, time
+        from capsup.agents import connect
+        home = pathlib.Path(sys.argv[1])
+        connect().spawn([sys.executable, str(home / "sleeper.py"), str(home)])
+        while not (home / "sleeping").exists():  # exit once it ignores SIGTERM
+            time.sleep(0.01)
+        """,
+    )
+    server = runtime.server
+    drive(runtime, lambda: bool(server.processes.descendants(agent.agent_id)), "the spawn")
+    (child,) = server.processes.descendants(agent.agent_id)
+    drive(runtime, lambda: not agent.running, "the parent's exit")
+    # SIGTERM sent (and ignored); SIGKILL is due within the grace period.
+    deadline = server.processes.next_kill()
+    assert deadline is not None and deadline - time.time() <= 0.3
+    drive(runtime, lambda: not child.running, "the sub-agent's death")
+    assert child.returncode == -signal.SIGKILL
+    assert child.signals_sent == {signal.SIGTERM, signal.SIGKILL}
+    assert time.time() >= deadline
+    assert server.processes.next_kill() is None
