@@ -66,10 +66,21 @@ def drive(runtime: Runtime, until: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start(tmp_path: Path, runtime: Runtime, body: str) -> AgentProcess:
+#: How every parent here begins: it spawns the sleeper as ``sub``.
+PARENT = """
+import os, pathlib, sys, time
+from capsup.agents import WaitTimeout, connect
+home = pathlib.Path(sys.argv[1])
+client = connect()
+sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
+"""
+
+
+def start(tmp_path: Path, runtime: Runtime, then: str) -> AgentProcess:
+    """Start a parent that spawns the sleeper, then runs ``then``."""
     script = tmp_path / "agent.py"
     (tmp_path / "sleeper.py").write_text(SLEEPER)
-    script.write_text(textwrap.dedent(body))
+    script.write_text(PARENT + textwrap.dedent(then))
     return runtime.server.start_agent([sys.executable, str(script), str(tmp_path)], name="parent")
 
 
@@ -80,11 +91,6 @@ def test_a_late_answer_never_reaches_a_stranger_holding_the_askers_routing_id(
         tmp_path,
         runtime,
         """
-        import pathlib, sys
-        from capsup.agents import connect
-        home = pathlib.Path(sys.argv[1])
-        client = connect()
-        sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
         client.wait(sub.agent_id)  # answered later; the test kills us first
         """,
     )
@@ -129,13 +135,7 @@ def test_a_wait_is_not_deferred_on_a_connection_that_chose_its_routing_id(
         tmp_path,
         runtime,
         """
-        import os, pathlib, sys
         import msgpack, zmq
-        from capsup.agents import WaitTimeout, connect
-        home = pathlib.Path(sys.argv[1])
-        client = connect()
-        sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
-
         chosen = zmq.Context.instance().socket(zmq.DEALER)
         chosen.setsockopt(zmq.ROUTING_ID, b"my-own-id")
         chosen.connect(os.environ["CAPSUP_ENDPOINT"])
@@ -170,10 +170,6 @@ def test_a_stubborn_sub_agent_is_killed_once_its_grace_period_is_over(
         tmp_path,
         runtime,
         """
-        import pathlib, sys, time
-        from capsup.agents import connect
-        home = pathlib.Path(sys.argv[1])
-        connect().spawn([sys.executable, str(home / "sleeper.py"), str(home)])
         while not (home / "sleeping").exists():  # exit once it ignores SIGTERM
             time.sleep(0.01)
         """,
