@@ -79,8 +79,9 @@ class _Waiter:
     """A ``wait`` to be answered when its agent exits or its deadline passes.
 
     ``waiter`` is the agent that asked: the answer goes out only while it
-    runs, because once its connection is gone its routing id may belong to
-    another connection."""
+    runs, since the connection it asked on is gone once it has exited, and
+    its routing id free for another connection to take. A connection the
+    asker closed while it runs is not noticed (docs/protocol.md, ``wait``)."""
 
     waiter: AgentProcess
     envelope: list[bytes]
@@ -306,10 +307,10 @@ class Server:
         if self._socket in ready:
             for _ in range(_BATCH):
                 try:
-                    raw, first = self._receive()
+                    raw, user = self._receive()
                 except zmq.Again:
                     break
-                self._handle(raw, first)
+                self._handle(raw, user)
         self._timers()
 
     def _bounded(self, timeout: float | None) -> float | None:
@@ -363,10 +364,9 @@ class Server:
 
     # -- requests -------------------------------------------------------------
 
-    def _receive(self) -> tuple[list[bytes], zmq.Frame]:
-        """One message's frames, and the first after the routing id, whose
-        metadata says who the connection is (the User-Id it was given at
-        the handshake) and whether it chose its own routing id.
+    def _receive(self) -> tuple[list[bytes], str]:
+        """One message's frames, and the User-Id its connection was given at
+        the handshake.
 
         A ROUTER hands over a message whole: the routing id it prepends,
         which always has more frames after it, then the peer's frames, all
@@ -382,18 +382,18 @@ class Server:
         while frame.more:
             frame = recv(_RECV, copy=False)
             frames.append(frame.bytes)
-        return frames, first
+        return frames, str(first.get("User-Id") or "")
 
-    def _handle(self, raw: list[bytes], first: zmq.Frame) -> None:
+    def _handle(self, raw: list[bytes], user: str) -> None:
         started = time.perf_counter()
         envelope = p.routing_envelope(raw)
         op = "invalid"
         try:
-            admitted = self._admit(raw, envelope, str(first.get("User-Id") or ""))
+            admitted = self._admit(raw, envelope, user)
             if admitted is not None:
                 peer, request, args = admitted
                 op = request.op  # a StrEnum: the wire name, without .value
-                self._execute(envelope, peer, request, args, first)
+                self._execute(envelope, peer, request, args)
         except Exception as error:  # a bug must not take the supervisor down
             self._internal_error(envelope, None, new_trace_id(), error)
         finally:
@@ -440,12 +440,7 @@ class Server:
             return None
 
     def _execute(
-        self,
-        envelope: list[bytes],
-        peer: _Peer,
-        request: p.Request,
-        args: p.OpArgs,
-        first: zmq.Frame,
+        self, envelope: list[bytes], peer: _Peer, request: p.Request, args: p.OpArgs
     ) -> None:
         """Carry out an admitted request and answer it (``wait`` perhaps later).
         Refusals from here on were recorded by whoever refused."""
@@ -453,7 +448,7 @@ class Server:
         result: dict[str, Any] | p.Packed | None
         try:
             if isinstance(args, _PROCESS_OPS):
-                result = self._process_op(peer, args, envelope, request.id, trace_id, first)
+                result = self._process_op(peer, args, envelope, request.id, trace_id)
                 if result is None:
                     return  # a wait that will be answered later
             else:
@@ -543,7 +538,6 @@ class Server:
         envelope: list[bytes],
         request_id: p.RequestId,
         trace_id: str,
-        first: zmq.Frame,
     ) -> dict[str, Any] | None:
         if isinstance(args, p.WaitArgs):
             child = self.processes.get(args.agent)
@@ -561,10 +555,10 @@ class Server:
                 raise error
             if not child.running:
                 return {"exit_code": child.returncode}
-            if first.get("Identity"):
-                # The ROUTER cannot say when such a connection is replaced:
-                # an id the peer chose is free for any process to take once
-                # the peer disconnects, and a late answer would go there.
+            if not _assigned_by_router(envelope[0]):
+                # A late answer goes to whichever connection has this id
+                # then; an id the peer chose is one any process can take
+                # once the peer disconnects.
                 chosen_id = BadRequest(
                     "a wait that must be answered later needs a connection whose routing id "
                     "the supervisor assigned; connect without setting ZMQ_ROUTING_ID"
@@ -760,6 +754,14 @@ def _refusal_event(error: CapsupError, peer: _Peer | None, op: str | None, trace
         pid=peer.principal.pid if peer else None,
         operation=op,
     )
+
+
+def _assigned_by_router(routing_id: bytes) -> bool:
+    """Whether ``routing_id`` has the form of the ids libzmq's ROUTER assigns
+    (a zero byte, then a 32-bit counter), not one a peer chose in another
+    form. libzmq's ``Identity`` metadata cannot tell: read as a C string,
+    a chosen id that starts with a zero byte looks like no id at all."""
+    return len(routing_id) == 5 and routing_id[0] == 0
 
 
 def _identity(user: str) -> tuple[str, int | None]:
