@@ -134,8 +134,9 @@ class ProcessTable:
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
-        #: Agents with a SIGKILL deadline, by id: the loop looks at these
-        #: every turn, so not at every agent there is.
+        #: Running agents with a SIGKILL deadline still ahead, by id (reap
+        #: and kill_overdue take them out): the loop looks at these every
+        #: turn, so not at every agent there is.
         self._doomed: dict[str, AgentProcess] = {}
         #: Agents spawned and not yet reaped: a plain int, so the metrics
         #: thread can read it while the loop changes the table.
@@ -264,15 +265,13 @@ class ProcessTable:
     def kill_overdue(self, now: float) -> None:
         """SIGKILL every agent past its deadline (once: it cannot survive it)."""
         for agent in list(self._doomed.values()):
-            if not agent.running:
-                del self._doomed[agent.agent_id]
-            elif agent.kill_at is not None and now >= agent.kill_at:
+            if agent.kill_at is not None and now >= agent.kill_at:
                 self.send_signal(agent, signal.SIGKILL)
                 del self._doomed[agent.agent_id]
 
     def next_kill(self) -> float | None:
         """The earliest SIGKILL deadline still ahead, if any."""
-        deadlines = [a.kill_at for a in self._doomed.values() if a.running and a.kill_at]
+        deadlines = [a.kill_at for a in self._doomed.values() if a.kill_at is not None]
         return min(deadlines) if deadlines else None
 
     def descendants(self, agent_id: str) -> list[AgentProcess]:

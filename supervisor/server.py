@@ -78,12 +78,12 @@ def new_trace_id() -> str:
 class _Waiter:
     """A ``wait`` to be answered when its agent exits or its deadline passes.
 
-    ``waiter`` is the agent that asked: the answer goes out only while it
+    ``asker`` is the agent that asked: the answer goes out only while it
     runs, since the connection it asked on is gone once it has exited, and
     its routing id free for another connection to take. A connection the
     asker closed while it runs is not noticed (docs/protocol.md, ``wait``)."""
 
-    waiter: AgentProcess
+    asker: AgentProcess
     envelope: list[bytes]
     request_id: p.RequestId
     trace_id: str
@@ -237,11 +237,7 @@ class Server:
         for child in self.processes.descendants(agent.agent_id):
             self.processes.stop(child, now, self._grace)
         for waiter in self._waiters.pop(agent.agent_id, []):
-            if waiter.waiter.running:
-                self._send(
-                    waiter.envelope,
-                    p.ok_reply(waiter.request_id, {"exit_code": returncode}, waiter.trace_id),
-                )
+            self._answer(waiter, {"exit_code": returncode})
         self._peers = {k: v for k, v in self._peers.items() if v.agent is not agent}
         for child_id in list(agent.children):
             finished = self.processes.get(child_id)
@@ -333,16 +329,22 @@ class Server:
         for agent_id, waiters in list(self._waiters.items()):
             for waiter in [w for w in waiters if w.deadline is not None and w.deadline <= now]:
                 waiters.remove(waiter)
-                if waiter.waiter.running:
-                    error = WaitTimeout(f"agent {agent_id} is still running")
-                    self._send(
-                        waiter.envelope, p.error_reply(waiter.request_id, error, waiter.trace_id)
-                    )
+                self._answer(waiter, WaitTimeout(f"agent {agent_id} is still running"))
             if not waiters:
                 del self._waiters[agent_id]
         if self._on_idle is not None:
             with self._reported("flushing the audit trail"):
                 self._on_idle()
+
+    def _answer(self, waiter: _Waiter, outcome: dict[str, Any] | CapsupError) -> None:
+        """Send a held ``wait`` its reply, if the agent that asked still runs."""
+        if not waiter.asker.running:
+            return
+        if isinstance(outcome, CapsupError):
+            reply = p.error_reply(waiter.request_id, outcome, waiter.trace_id)
+        else:
+            reply = p.ok_reply(waiter.request_id, outcome, waiter.trace_id)
+        self._send(waiter.envelope, reply)
 
     # -- signals --------------------------------------------------------------
 
