@@ -1,8 +1,8 @@
 """Confine a new agent process, then become the agent.
 
 The supervisor starts every agent as ``python -m capsup.agents.bootstrap
---supervisor PID [--batch] -- ARGV...``. Before the agent's own code runs,
-this:
+--supervisor PID [--batch] [--confine PLAN] -- ARGV...``. Before the agent's
+own code runs, this:
 
 - asks the kernel to SIGKILL the process when the supervisor dies
   (``PR_SET_PDEATHSIG``), then checks the supervisor did not die before that
@@ -12,18 +12,25 @@ this:
   privileges through setuid binaries or file capabilities;
 - with ``--batch``, puts the agent under ``SCHED_BATCH`` (see
   :func:`enter_batch_scheduling`);
+- with ``--confine``, carries out the supervisor's plan
+  (:mod:`capsup.agents.confine.apply`: cgroup, private ``/dev/shm``, limits,
+  capabilities dropped, Landlock, seccomp) and reports what it enforced over
+  the descriptor socket, handing over the seccomp listener with it; if any
+  step fails, the agent does not start (exit 126, one line on stderr);
 - replaces itself with the agent (``execvp``), keeping its pid and create
   time, which is how the supervisor identifies it.
 
-All three settings survive ``execve``. Stronger confinement (rlimits, Landlock)
-belongs here as well; see DESIGN.md, "Rooms to come".
+Everything above survives ``execve``.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
+import json
 import os
 import signal
+import socket
 import sys
 
 __all__ = ["enter_batch_scheduling", "main"]
@@ -63,19 +70,77 @@ def enter_batch_scheduling() -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    batch = len(args) > 2 and args[2] == "--batch"
-    if batch:
-        args = [*args[:2], *args[3:]]
-    if len(args) < 4 or args[0] != "--supervisor" or args[2] != "--":
+def _parse(args: list[str]) -> tuple[int, bool, str | None, list[str]] | None:
+    """``--supervisor PID [--batch] [--confine PLAN] -- ARGV...``, or None."""
+    supervisor: int | None = None
+    batch = False
+    plan: str | None = None
+    while args and args[0] != "--":
+        flag, args = args[0], args[1:]
+        if flag == "--batch":
+            batch = True
+        elif flag in ("--supervisor", "--confine") and args:
+            value, args = args[0], args[1:]
+            if flag == "--confine":
+                plan = value
+            elif value.isdigit():
+                supervisor = int(value)
+            else:
+                return None
+        else:
+            return None
+    if supervisor is None or len(args) < 2:
+        return None
+    return supervisor, batch, plan, args[1:]
+
+
+def _confine(text: str) -> bool:
+    """Carry out the plan and report to the supervisor; False (after one
+    line on stderr) if the agent must not start."""
+    # Imported here: an unconfined agent's start-up should not pay for it.
+    from capsup.agents.confine.apply import confine
+    from capsup.agents.confine.errors import ConfinementError
+    from capsup.agents.confine.plan import ConfinementPlan
+
+    try:
+        plan = ConfinementPlan.from_json(text)
+        done = confine(plan)
+    except (ConfinementError, ValueError) as error:
         print(
-            "usage: python -m capsup.agents.bootstrap --supervisor PID [--batch] -- ARGV...",
+            f"capsup: cannot confine the agent: {error} (`capsup sandbox-check` lists what "
+            'this machine enforces; [supervisor] confine = "best-effort" or '
+            "`capsup run --no-confine` runs it anyway)",
+            file=sys.stderr,
+        )
+        return False
+    if plan.control_fd is not None:
+        report = json.dumps({"enforced": done.enforced}).encode()
+        fds = [done.listener] if done.listener is not None else []
+        try:
+            with socket.socket(fileno=os.dup(plan.control_fd)) as control:
+                control.sendmsg(
+                    [report],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [],
+                )
+        except OSError as error:
+            print(f"capsup: cannot report to the supervisor: {error}", file=sys.stderr)
+            return False
+        finally:
+            if done.listener is not None:
+                os.close(done.listener)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = _parse(sys.argv[1:] if argv is None else list(argv))
+    if parsed is None:
+        print(
+            "usage: python -m capsup.agents.bootstrap --supervisor PID [--batch] "
+            "[--confine PLAN] -- ARGV...",
             file=sys.stderr,
         )
         return 2
-    supervisor = int(args[1])
-    command = args[3:]
+    supervisor, batch, plan, command = parsed
     if sys.platform.startswith("linux"):
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         _prctl(_PR_SET_NO_NEW_PRIVS, 1)
@@ -84,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.getppid() != supervisor:
         # The supervisor died between fork and prctl: nobody would revoke
         # what this agent obtains, so it must not start at all.
+        return EXIT_CANNOT_START
+    if plan is not None and not _confine(plan):
         return EXIT_CANNOT_START
     try:
         os.execvp(command[0], command)  # noqa: S606 - becoming the agent is the point

@@ -14,10 +14,19 @@ display; only its id means anything to the kernel.
 A :class:`Client` is not thread-safe: it owns one ZeroMQ socket, and ZeroMQ
 sockets must not be shared between threads. Use one client per thread, and
 a new one in a forked child.
+
+Files are reached through the supervisor: :meth:`Client.read_bytes`,
+:meth:`~Client.write_bytes`, :meth:`~Client.listdir`, :meth:`~Client.stat`
+and :meth:`~Client.delete` are brokered requests (checked at every call, so
+a revocation stops the next one), and :meth:`Client.open` returns an
+ordinary file object over a descriptor the supervisor opened and handed
+over (native speed; it stays usable until closed, whatever happens to the
+capability later).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -25,10 +34,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import zmq
 from capsup.agents.capability import Capability
+from capsup.agents.descriptors import DescriptorChannel, shared_channel
 from capsup.agents.errors import (
     BadRequest,
     CapsupError,
@@ -36,9 +46,18 @@ from capsup.agents.errors import (
     InternalError,
     SupervisorGone,
 )
-from capsup.agents.protocol import Op, encode, parse_reply
+from capsup.agents.protocol import MAX_IO_BYTES, Op, encode, parse_reply
 
-__all__ = ["ENDPOINT_ENV", "Client", "CurveKeys", "Identity", "SpawnedAgent", "connect"]
+__all__ = [
+    "ENDPOINT_ENV",
+    "Client",
+    "CurveKeys",
+    "DirEntry",
+    "FileStat",
+    "Identity",
+    "SpawnedAgent",
+    "connect",
+]
 
 #: The environment variable ``capsup run`` sets to the supervisor's endpoint.
 ENDPOINT_ENV: Final = "CAPSUP_ENDPOINT"
@@ -81,8 +100,33 @@ class CurveKeys:
     secret_key: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of a directory (:meth:`Client.listdir`), as ``lstat`` sees it:
+    ``kind`` is ``file``, ``dir``, ``symlink`` or ``other``."""
+
+    name: str
+    kind: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What :meth:`Client.stat` says of a file (symlinks followed): its
+    ``kind`` (as :class:`DirEntry`'s), size in bytes, modification time
+    (UTC epoch seconds) and permission bits (``0o644``)."""
+
+    kind: str
+    size: int
+    mtime: float
+    mode: int
+
+
 CapabilityRef = Capability | str
 """A capability, or just its id: the kernel only ever looks at the id."""
+
+PathRef = str | os.PathLike[str]
+"""An absolute path, or a ``file://`` URI, that the capability covers."""
 
 AgentRef = SpawnedAgent | str
 """A sub-agent, or just its agent id."""
@@ -120,13 +164,20 @@ class Client:
     """
 
     def __init__(
-        self, endpoint: str, *, timeout: float = 10.0, curve: CurveKeys | None = None
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 10.0,
+        curve: CurveKeys | None = None,
+        descriptors: DescriptorChannel | None = None,
     ) -> None:
         if not math.isfinite(timeout) or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
         self._endpoint = endpoint
         self._timeout = timeout
         self._curve = curve
+        #: The descriptor socket :meth:`open` uses (``$CAPSUP_FD_SOCKET`` by default).
+        self._descriptors = descriptors
         self._ids = itertools.count(1)
         self._socket: zmq.Socket[bytes] | None = self._open()
 
@@ -308,6 +359,189 @@ class Client:
         result = self._call(Op.WAIT, args, trace_id, held_for=timeout)
         return _take(result, "exit_code", int)
 
+    # -- files --------------------------------------------------------------
+
+    def read_bytes(
+        self,
+        capability: CapabilityRef,
+        path: PathRef,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        trace_id: str | None = None,
+    ) -> bytes:
+        """The bytes of a file from ``offset``: ``length`` of them, fewer at its
+        end, or (``None``) all up to its end.
+
+        Each request carries at most ``MAX_IO_BYTES``, so a large read is
+        several requests, each checked: a file that changes meanwhile may be
+        read partly before and partly after the change."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        chunks: list[bytes] = []
+        position, remaining = offset, length
+        while remaining is None or remaining > 0:
+            want = MAX_IO_BYTES if remaining is None else min(remaining, MAX_IO_BYTES)
+            args = {
+                "capability": _capability_id(capability),
+                "resource": _resource(path),
+                "offset": position,
+                "length": want,
+            }
+            result = self._call(Op.READ, args, trace_id)
+            data = _take(result, "data", bytes)
+            chunks.append(data)
+            position += len(data)
+            if remaining is not None:
+                remaining -= len(data)
+            if not data or _take(result, "eof", bool):
+                break
+        return b"".join(chunks)
+
+    def read_text(
+        self,
+        capability: CapabilityRef,
+        path: PathRef,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        *,
+        trace_id: str | None = None,
+    ) -> str:
+        """The whole file, decoded (as :meth:`pathlib.Path.read_text`, but
+        UTF-8 unless told otherwise, whatever the locale)."""
+        return self.read_bytes(capability, path, trace_id=trace_id).decode(encoding, errors)
+
+    def write_bytes(
+        self,
+        capability: CapabilityRef,
+        path: PathRef,
+        data: bytes | bytearray | memoryview,
+        *,
+        offset: int | None = None,
+        append: bool = False,
+        trace_id: str | None = None,
+    ) -> int:
+        """Write ``data``: at ``offset``, or at the end (``append``), or, with
+        neither, as the whole new content of the file. Returns the bytes written.
+
+        Writing to an existing file needs ``write``; making one needs
+        ``write`` and ``create``. Data larger than ``MAX_IO_BYTES`` goes in
+        several requests, each checked (one refused part way leaves the
+        parts before it written)."""
+        if append and offset is not None:
+            raise ValueError("offset and append exclude each other")
+        if offset is not None and offset < 0:
+            raise ValueError("offset must not be negative")
+        view = memoryview(data).cast("B")
+        written = 0
+        while True:
+            chunk = bytes(view[written : written + MAX_IO_BYTES])
+            args: dict[str, Any] = {
+                "capability": _capability_id(capability),
+                "resource": _resource(path),
+                "data": chunk,
+            }
+            if append:
+                args["append"] = True
+            elif offset is not None or written:
+                # After the first part, a whole-file write continues where it left off.
+                args["offset"] = (offset or 0) + written
+            result = self._call(Op.WRITE, args, trace_id)
+            written += _take(result, "written", int)
+            if written >= len(view):
+                return written
+
+    def listdir(
+        self, capability: CapabilityRef, path: PathRef, *, trace_id: str | None = None
+    ) -> list[DirEntry]:
+        """The entries of a directory, sorted by name (without ``.`` and ``..``,
+        names a ``deny`` glob covers, and names that are not UTF-8)."""
+        args = {"capability": _capability_id(capability), "resource": _resource(path)}
+        result = self._call(Op.LISTDIR, args, trace_id)
+        entries = []
+        for entry in _take(result, "entries", list):
+            entries.append(
+                DirEntry(
+                    name=_take(entry, "name", str),
+                    kind=_take(entry, "kind", str),
+                    size=_take(entry, "size", int),
+                )
+            )
+        return entries
+
+    def stat(
+        self, capability: CapabilityRef, path: PathRef, *, trace_id: str | None = None
+    ) -> FileStat:
+        """The kind, size, modification time and mode of a file or directory."""
+        args = {"capability": _capability_id(capability), "resource": _resource(path)}
+        result = self._call(Op.STAT, args, trace_id)
+        return FileStat(
+            kind=_take(result, "kind", str),
+            size=_take(result, "size", int),
+            mtime=_take_number(result, "mtime"),
+            mode=_take(result, "mode", int),
+        )
+
+    def delete(
+        self, capability: CapabilityRef, path: PathRef, *, trace_id: str | None = None
+    ) -> None:
+        """Remove a file, a symlink (not what it points to) or an empty directory."""
+        args = {"capability": _capability_id(capability), "resource": _resource(path)}
+        self._call(Op.DELETE, args, trace_id)
+
+    def open(
+        self,
+        capability: CapabilityRef,
+        path: PathRef,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+        *,
+        trace_id: str | None = None,
+    ) -> IO[Any]:
+        """Open a regular file through the supervisor, as :func:`open` would.
+
+        ``mode`` is ``r``, ``w``, ``a``, ``x`` or ``r+``, with ``b`` for
+        binary or ``t`` (the default) for text; ``buffering``, ``encoding``,
+        ``errors`` and ``newline`` mean what they mean to :func:`open`. The
+        supervisor checks the capability (``r`` needs ``read``, ``w`` and
+        ``a`` need ``write``, and ``create`` too when the file is new, ``x``
+        needs ``create``, ``r+`` needs ``read`` and ``write``), opens the
+        file and hands its descriptor over the descriptor socket.
+
+        The file stays usable until it is closed, even if the capability is
+        revoked meanwhile (as a Capsicum descriptor does); brokered
+        :meth:`read_bytes` and :meth:`write_bytes` are checked at every call.
+        """
+        wire_mode = _wire_mode(mode)
+        binary = "b" in mode
+        if binary and (encoding is not None or errors is not None or newline is not None):
+            raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
+        if not binary and buffering == 0:
+            raise ValueError("can't have unbuffered text I/O")
+        if self._socket is None:
+            raise ConnectionClosed(f"the client for {self._endpoint} is closed")
+        if self._descriptors is None:
+            self._descriptors = shared_channel()
+        resource = _resource(path)
+        fd = self._descriptors.open(
+            _capability_id(capability),
+            resource,
+            wire_mode,
+            trace_id=trace_id,
+            timeout=self._timeout,
+        )
+        try:
+            # The builtin (a method's name is not in scope); the caller owns the file.
+            file = open(fd, mode, buffering, encoding, errors, newline, closefd=True)  # noqa: SIM115
+        except BaseException:
+            os.close(fd)
+            raise
+        _name_file(file, resource)
+        return file
+
     # -- transport ----------------------------------------------------------
 
     def _call(
@@ -416,6 +650,38 @@ def _operation_list(operations: Iterable[str]) -> list[str]:
     return list(operations)
 
 
+def _resource(path: PathRef) -> str:
+    resource = os.fspath(path)
+    if not isinstance(resource, str):
+        raise BadRequest("a path must be text (str or a str path-like), not bytes")
+    return resource
+
+
+#: ``open``'s modes as :func:`open` spells them without ``b`` or ``t``, and
+#: the wire mode of each (``+`` only with ``r``: ``w+``, ``a+``, ``x+`` are
+#: not brokered).
+_WIRE_MODES: Final = {"r": "r", "w": "w", "a": "a", "x": "x", "r+": "r+", "+r": "r+"}
+
+
+def _wire_mode(mode: str) -> str:
+    """The wire mode of a :func:`open` mode, or :class:`ValueError`."""
+    letters = mode.replace("b", "", 1).replace("t", "", 1)
+    if ("b" in mode and "t" in mode) or len(mode) - len(letters) > 1 or letters not in _WIRE_MODES:
+        raise ValueError(
+            f"invalid mode {mode!r}: r, w, a, x or r+, with b for binary or t for text"
+        )
+    return _WIRE_MODES[letters]
+
+
+def _name_file(file: IO[Any], name: str) -> None:
+    """Give the file the name it was opened by, as :func:`open` does (not
+    the descriptor's number)."""
+    raw: Any = file
+    while not isinstance(raw, io.FileIO):
+        raw = raw.buffer if isinstance(raw, io.TextIOWrapper) else raw.raw
+    raw.name = name
+
+
 def _capability_id(capability: CapabilityRef) -> str:
     return capability.id if isinstance(capability, Capability) else capability
 
@@ -443,6 +709,14 @@ def _take(result: object, key: str, kind: type[_T]) -> _T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InternalError(f"malformed result from the supervisor: bad {key!r}")
     return value
+
+
+def _take_number(result: object, key: str) -> float:
+    """A required number (msgpack int or float) of a result."""
+    value = result.get(key) if isinstance(result, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InternalError(f"malformed result from the supervisor: bad {key!r}")
+    return float(value)
 
 
 def _take_optional(result: object, key: str, kind: type[_T]) -> _T | None:

@@ -36,7 +36,9 @@ from capsup.agents.errors import (
 __all__ = [
     "MAX_CONSTRAINTS_BYTES",
     "MAX_DEPTH",
+    "MAX_FILE_OFFSET",
     "MAX_ID_LENGTH",
+    "MAX_IO_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_OPERATIONS",
@@ -44,12 +46,18 @@ __all__ = [
     "MAX_RESOURCE_LENGTH",
     "MAX_SPAWN_ARGV",
     "MAX_SPAWN_CAPABILITIES",
+    "OPEN_MODES",
     "PROTOCOL_VERSION",
     "DelegateArgs",
+    "DeleteArgs",
+    "FileOpArgs",
     "ListArgs",
+    "ListdirArgs",
     "Op",
     "OpArgs",
+    "OpenArgs",
     "Packed",
+    "ReadArgs",
     "Reply",
     "Request",
     "RequestArgs",
@@ -59,9 +67,11 @@ __all__ = [
     "RevokeArgs",
     "SpawnArgs",
     "SpawnGrant",
+    "StatArgs",
     "ValidateArgs",
     "WaitArgs",
     "WhoamiArgs",
+    "WriteArgs",
     "best_effort_ids",
     "decode",
     "encode",
@@ -69,7 +79,11 @@ __all__ = [
     "ok_reply",
     "parse_args",
     "parse_delegate_args",
+    "parse_delete_args",
     "parse_list_args",
+    "parse_listdir_args",
+    "parse_open_args",
+    "parse_read_args",
     "parse_reply",
     "parse_request",
     "parse_request_args",
@@ -78,9 +92,11 @@ __all__ = [
     "parse_revoke_args",
     "parse_spawn_args",
     "parse_spawn_grant",
+    "parse_stat_args",
     "parse_validate_args",
     "parse_wait_args",
     "parse_whoami_args",
+    "parse_write_args",
     "request_payload",
     "routing_envelope",
 ]
@@ -111,6 +127,17 @@ MAX_PLAN_REQUESTS: Final = 64
 #: Most argv entries, and most capabilities handed to one spawned agent.
 MAX_SPAWN_ARGV: Final = 1024
 MAX_SPAWN_CAPABILITIES: Final = 64
+#: Most bytes one ``read`` returns or one ``write`` carries (960 KiB): the
+#: default :data:`MAX_MESSAGE_BYTES` less 64 KiB for the rest of the message,
+#: whose largest envelope (ids and a trace id of 128 characters, a resource
+#: of 4096 characters, 16 KiB as UTF-8) takes under 17 KiB. A supervisor
+#: configured with a smaller ``max_message_bytes`` refuses a message that
+#: passes it (``message_too_large``); ask for less with ``read``'s ``length``.
+MAX_IO_BYTES: Final = MAX_MESSAGE_BYTES - (64 << 10)
+#: The largest file offset (``off_t`` is a signed 64-bit number on Linux).
+MAX_FILE_OFFSET: Final = (1 << 63) - 1
+#: ``open``'s modes, as ``builtins.open`` spells them without ``b`` or ``t``.
+OPEN_MODES: Final = ("r", "w", "a", "x", "r+")
 
 # Lists and maps longer than this are refused while decoding, before Python
 # objects are built for them; nothing legitimate comes close.
@@ -135,6 +162,12 @@ class Op(StrEnum):
     REQUEST_PLAN = "request_plan"
     SPAWN = "spawn"
     WAIT = "wait"
+    READ = "read"
+    WRITE = "write"
+    LISTDIR = "listdir"
+    STAT = "stat"
+    DELETE = "delete"
+    OPEN = "open"
 
 
 RequestId = str | int
@@ -612,6 +645,40 @@ def _size(value: object, name: str) -> int:
     return value
 
 
+def _bounded_int(low: int, high: int) -> Callable[[object, str], int]:
+    def check(value: object, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BadRequest(f"{name} must be an int from {low} to {high}")
+        return value
+
+    return check
+
+
+_offset = _bounded_int(0, MAX_FILE_OFFSET)
+_io_length = _bounded_int(0, MAX_IO_BYTES)
+
+
+def _io_data(value: object, name: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise BadRequest(f"{name} must be a bin (raw bytes), not {_wire_type(value)}")
+    if len(value) > MAX_IO_BYTES:
+        raise BadRequest(f"{name} is {len(value)} bytes, more than the {MAX_IO_BYTES} of one write")
+    return value
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be a bool, not {_wire_type(value)}")
+    return value
+
+
+def _open_mode(value: object, name: str) -> str:
+    if not isinstance(value, str) or value not in OPEN_MODES:
+        shown = _quote(value) if isinstance(value, str) else _wire_type(value)
+        raise BadRequest(f"{name} must be one of {', '.join(OPEN_MODES)}, not {shown}")
+    return value
+
+
 def _argv(value: object, name: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise BadRequest(f"{name} must be an array of str, not {_wire_type(value)}")
@@ -748,6 +815,66 @@ class WaitArgs:
     timeout: float | None = None
 
 
+@dataclass(slots=True)
+class ReadArgs:
+    """``read``: up to ``length`` bytes (at most :data:`MAX_IO_BYTES`, which is
+    also what ``None`` means) of a file, from ``offset``."""
+
+    capability: str
+    resource: str
+    offset: int = 0
+    length: int | None = None
+
+
+@dataclass(slots=True)
+class WriteArgs:
+    """``write``: ``data`` into a file. At ``offset`` when given, at the end
+    when ``append``; with neither, ``data`` becomes the whole file."""
+
+    capability: str
+    resource: str
+    data: bytes
+    offset: int | None = None
+    append: bool = False
+
+
+@dataclass(slots=True)
+class ListdirArgs:
+    """``listdir``: the entries of a directory."""
+
+    capability: str
+    resource: str
+
+
+@dataclass(slots=True)
+class StatArgs:
+    """``stat``: the kind, size, time and mode of a file or directory."""
+
+    capability: str
+    resource: str
+
+
+@dataclass(slots=True)
+class DeleteArgs:
+    """``delete``: remove a file, a symlink or an empty directory."""
+
+    capability: str
+    resource: str
+
+
+@dataclass(slots=True)
+class OpenArgs:
+    """``open``: a descriptor of a regular file, in one of :data:`OPEN_MODES`
+    (served on the descriptor socket only)."""
+
+    capability: str
+    resource: str
+    mode: str
+
+
+FileOpArgs = ReadArgs | WriteArgs | ListdirArgs | StatArgs | DeleteArgs
+"""The file ops answered with a reply alone (``open`` hands over a descriptor)."""
+
 OpArgs = (
     WhoamiArgs
     | RequestArgs
@@ -759,6 +886,12 @@ OpArgs = (
     | RequestPlanArgs
     | SpawnArgs
     | WaitArgs
+    | ReadArgs
+    | WriteArgs
+    | ListdirArgs
+    | StatArgs
+    | DeleteArgs
+    | OpenArgs
 )
 """The checked arguments of any op; ``match`` on the class to dispatch."""
 
@@ -914,6 +1047,70 @@ def parse_wait_args(args: Mapping[str, Any], *, where: str = "args") -> WaitArgs
     return parsed
 
 
+def parse_read_args(args: Mapping[str, Any], *, where: str = "args") -> ReadArgs:
+    """Check ``read``'s arguments."""
+    f = _Fields(args, where)
+    parsed = ReadArgs(
+        capability=f.required("capability", _id_text),
+        resource=f.required("resource", _resource_text),
+        offset=f.optional("offset", _offset) or 0,
+        length=f.optional("length", _io_length),
+    )
+    f.done()
+    return parsed
+
+
+def parse_write_args(args: Mapping[str, Any], *, where: str = "args") -> WriteArgs:
+    """Check ``write``'s arguments; ``offset`` and a true ``append`` exclude each other."""
+    f = _Fields(args, where)
+    parsed = WriteArgs(
+        capability=f.required("capability", _id_text),
+        resource=f.required("resource", _resource_text),
+        data=f.required("data", _io_data),
+        offset=f.optional("offset", _offset),
+        append=f.optional("append", _flag) or False,
+    )
+    f.done()
+    if parsed.append and parsed.offset is not None:
+        raise BadRequest(f"{where}.offset and {where}.append exclude each other")
+    return parsed
+
+
+def _file_fields(args: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """The two fields of ``listdir``, ``stat`` and ``delete``, and no others."""
+    f = _Fields(args, where)
+    fields = f.required("capability", _id_text), f.required("resource", _resource_text)
+    f.done()
+    return fields
+
+
+def parse_listdir_args(args: Mapping[str, Any], *, where: str = "args") -> ListdirArgs:
+    """Check ``listdir``'s arguments."""
+    return ListdirArgs(*_file_fields(args, where))
+
+
+def parse_stat_args(args: Mapping[str, Any], *, where: str = "args") -> StatArgs:
+    """Check ``stat``'s arguments."""
+    return StatArgs(*_file_fields(args, where))
+
+
+def parse_delete_args(args: Mapping[str, Any], *, where: str = "args") -> DeleteArgs:
+    """Check ``delete``'s arguments."""
+    return DeleteArgs(*_file_fields(args, where))
+
+
+def parse_open_args(args: Mapping[str, Any], *, where: str = "args") -> OpenArgs:
+    """Check ``open``'s arguments."""
+    f = _Fields(args, where)
+    parsed = OpenArgs(
+        capability=f.required("capability", _id_text),
+        resource=f.required("resource", _resource_text),
+        mode=f.required("mode", _open_mode),
+    )
+    f.done()
+    return parsed
+
+
 _PARSERS: Final[Mapping[Op, Callable[[Mapping[str, Any]], OpArgs]]] = {
     Op.WHOAMI: parse_whoami_args,
     Op.REQUEST: parse_request_args,
@@ -925,6 +1122,12 @@ _PARSERS: Final[Mapping[Op, Callable[[Mapping[str, Any]], OpArgs]]] = {
     Op.REQUEST_PLAN: parse_request_plan_args,
     Op.SPAWN: parse_spawn_args,
     Op.WAIT: parse_wait_args,
+    Op.READ: parse_read_args,
+    Op.WRITE: parse_write_args,
+    Op.LISTDIR: parse_listdir_args,
+    Op.STAT: parse_stat_args,
+    Op.DELETE: parse_delete_args,
+    Op.OPEN: parse_open_args,
 }
 
 

@@ -29,6 +29,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 COMMANDS: list[str] = [
     "capsup.supervisor.run_cli",
     "capsup.supervisor.audit_cli",
+    "capsup.supervisor.sandbox_cli",
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capsup.supervisor.confinement.sandbox import Sandbox, sandboxes_of
 from capsup.supervisor.environment import check_name_pattern
 from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling, strict_table
 from capsup.validators import ValidatorRegistry, default_registry
@@ -51,6 +52,10 @@ class Settings:
     #: :data:`~capsup.supervisor.environment.DEFAULT_PASSED`: names, or
     #: ``NAME*`` prefixes, or ``*`` for all.
     pass_environment: tuple[str, ...] = ()
+    #: "required": an agent starts confined or not at all; "best-effort":
+    #: what this kernel cannot enforce is left out, said and recorded;
+    #: "off": no confinement (``capsup run --no-confine``).
+    confine: str = "required"
 
 
 #: The positive numbers among the settings, and the types each may be.
@@ -63,6 +68,7 @@ _NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
 #: The settings that take one of a few words.
 _CHOICE_SETTINGS: dict[str, frozenset[str]] = {
     "agent_scheduling": frozenset({"batch", "inherit"}),
+    "confine": frozenset({"required", "best-effort", "off"}),
 }
 
 
@@ -71,6 +77,8 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     databases: Mapping[str, DatabaseConfig] = field(default_factory=dict)
     settings: Settings = field(default_factory=Settings)
+    #: Per policy name: OS-level grants and limits (``sandbox = {...}``).
+    sandboxes: Mapping[str, Sandbox] = field(default_factory=dict)
     validators: ValidatorRegistry = field(default_factory=default_registry)
     source: str = "<defaults>"
 
@@ -107,7 +115,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
     spawnable: dict[str, frozenset[str]] = {}
     for name, entry in _table(data, "agents").items():
         where = f"agents.{name}"
-        entry = strict_table(entry, where, {"allow", "may_spawn"})
+        entry = strict_table(entry, where, {"allow", "may_spawn", "sandbox"})
         may_spawn = entry.get("may_spawn", [])
         if not isinstance(may_spawn, list) or not all(isinstance(n, str) for n in may_spawn):
             raise PolicyError(f"{where}.may_spawn: must be a list of agent names")
@@ -122,6 +130,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         policy=Policy(ceilings, spawnable),
         databases=databases,
         settings=_parse_settings(_table(data, "supervisor")),
+        sandboxes=sandboxes_of(_table(data, "agents")),
         validators=validators,
         source=source,
     )

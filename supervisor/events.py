@@ -29,6 +29,8 @@ class EventType(StrEnum):
     CAPABILITY_VALIDATION_FAILED = "capability_validation_failed"
     CONSTRAINT_VIOLATION = "constraint_violation"
     SECURITY_VIOLATION = "security_violation"
+    #: The effect of a brokered file operation, or the broker's refusal of it.
+    FILE_OPERATION = "file_operation"
     AGENT_STARTED = "agent_started"
     AGENT_TERMINATED = "agent_terminated"
     KERNEL_STARTED = "kernel_started"
@@ -44,6 +46,9 @@ class ViolationKind(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     MALFORMED_INPUT = "malformed_input"
     NOT_AUTHORIZED = "not_authorized"
+    #: A confined agent tried to reach something outside its sandbox by OS
+    #: means (a ``connect()`` the supervisor refused).
+    SANDBOX_DENIED = "sandbox_denied"
 
 
 #: The detail of an event that has none (shared, so it cannot be mutable).

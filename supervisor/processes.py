@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -21,7 +22,9 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
 import psutil
+from capsup.agents.descriptors import FD_SOCKET_ENV
 from capsup.agents.errors import SpawnFailed
+from capsup.supervisor.confinement.setup import AgentConfinement, Confiner
 from capsup.supervisor.environment import agent_environment
 
 __all__ = [
@@ -81,6 +84,11 @@ class AgentProcess:
     kill_at: float | None = None
     #: Signals capsup sent it (forwarded, or to stop it).
     signals_sent: set[int] = field(default_factory=set)
+    #: The supervisor's end of the agent's descriptor socket (``open``, and
+    #: the bootstrap's report); closed when the agent is reaped.
+    control: socket.socket | None = None
+    #: Its confinement, when it runs confined.
+    confinement: AgentConfinement | None = None
 
     @property
     def pid(self) -> int:
@@ -124,15 +132,22 @@ class ProcessTable:
     """The supervisor's agents, by id, by pidfd and by (pid, create time)."""
 
     def __init__(
-        self, endpoint: str, *, batch: bool = True, pass_environment: Sequence[str] = ()
+        self,
+        endpoint: str,
+        *,
+        batch: bool = True,
+        pass_environment: Sequence[str] = (),
+        confiner: Confiner | None = None,
     ) -> None:
         self._endpoint = endpoint
+        self.confiner = confiner
         #: Start agents under SCHED_BATCH (``[supervisor] agent_scheduling``).
         self._batch = batch
         #: What of the supervisor's environment agents get besides the defaults.
         self._pass_environment = tuple(pass_environment)
         self._by_id: dict[str, AgentProcess] = {}
         self._by_pidfd: dict[int, AgentProcess] = {}
+        self._by_control: dict[int, AgentProcess] = {}
         self._by_key: dict[tuple[int, float], AgentProcess] = {}
         #: Running agents with a SIGKILL deadline still ahead, by id (reap
         #: and kill_overdue take them out): the loop looks at these every
@@ -155,6 +170,9 @@ class ProcessTable:
     def running(self) -> list[AgentProcess]:
         return [agent for agent in self._by_id.values() if agent.running]
 
+    def by_control(self, fd: int) -> AgentProcess | None:
+        return self._by_control.get(fd)
+
     def spawn(
         self,
         argv: Sequence[str],
@@ -164,11 +182,68 @@ class ProcessTable:
         policy_name: str,
         parent: str | None = None,
         stdin_devnull: bool = False,
+        endpoint: str | None = None,
     ) -> AgentProcess:
-        """Start ``argv`` as an agent; raises :class:`SpawnFailed`."""
+        """Start ``argv`` as an agent; raises :class:`SpawnFailed`.
+
+        ``endpoint`` is the agent's own endpoint (a confined agent's); the
+        table's shared one otherwise. Confined, the agent starts through the
+        bootstrap with its plan, and only ``connect()`` to ``endpoint`` (and
+        its scratch) is brokered for it."""
         env = agent_environment(
-            os.environ, self._pass_environment, endpoint=self._endpoint, agent_id=agent_id
+            os.environ,
+            self._pass_environment,
+            endpoint=endpoint or self._endpoint,
+            agent_id=agent_id,
         )
+        control, agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control.setblocking(False)
+        env[FD_SOCKET_ENV] = str(agent_end.fileno())
+        confinement: AgentConfinement | None = None
+        try:
+            if self.confiner is not None:
+                if endpoint is None:
+                    raise ValueError("a confined agent needs an endpoint of its own")
+                path = endpoint.removeprefix("ipc://")
+                confinement = self.confiner.prepare(
+                    agent_id, argv, policy_name, endpoint_path=path, control_fd=agent_end.fileno()
+                )
+                env.update(confinement.environment())
+            agent = self._start(
+                argv,
+                env,
+                agent_id,
+                name,
+                policy_name,
+                parent,
+                stdin_devnull,
+                confinement,
+                agent_end,
+            )
+        except BaseException:
+            control.close()
+            if confinement is not None:
+                confinement.release()
+            raise
+        finally:
+            agent_end.close()
+        agent.control = control
+        agent.confinement = confinement
+        self._by_control[control.fileno()] = agent
+        return agent
+
+    def _start(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        agent_id: str,
+        name: str,
+        policy_name: str,
+        parent: str | None,
+        stdin_devnull: bool,
+        confinement: AgentConfinement | None,
+        agent_end: socket.socket,
+    ) -> AgentProcess:
         command = [
             sys.executable,
             "-m",
@@ -176,6 +251,7 @@ class ProcessTable:
             "--supervisor",
             str(os.getpid()),
             *(["--batch"] if self._batch else []),
+            *(["--confine", confinement.plan.to_json()] if confinement is not None else []),
             "--",
             *argv,
         ]
@@ -185,6 +261,7 @@ class ProcessTable:
                 env=env,
                 stdin=subprocess.DEVNULL if stdin_devnull else None,
                 close_fds=True,
+                pass_fds=(agent_end.fileno(),),
             )
         except OSError as error:
             raise SpawnFailed(f"cannot start {argv[0]!r}: {error.strerror}") from None
@@ -233,6 +310,9 @@ class ProcessTable:
             self._by_key.pop((agent.pid, agent.create_time), None)
             self._doomed.pop(agent.agent_id, None)
             os.close(agent.pidfd)
+            if agent.control is not None:
+                self._by_control.pop(agent.control.fileno(), None)
+                agent.control.close()
         return agent.returncode
 
     def forget(self, agent: AgentProcess) -> None:

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from capsup.agents.bootstrap import EXIT_CANNOT_START
 from capsup.agents.errors import AuditUnavailable
 from capsup.supervisor.cli import UsageError
 from capsup.supervisor.config import Config, ConfigError, load_config
+from capsup.supervisor.confinement.setup import ConfinementUnavailable
 from capsup.supervisor.runtime import MetricsUnavailable, Runtime, RuntimeOptions
 from capsup.supervisor.server import exit_code_of, new_trace_id
 from capsup.supervisor.store import StoreError
@@ -47,6 +49,11 @@ def register(subparsers: Any) -> None:
         type=float,
         metavar="SECONDS",
         help="time an agent gets to exit after a signal before SIGKILL",
+    )
+    parser.add_argument(
+        "--no-confine",
+        action="store_true",
+        help="run the agent without OS confinement (it can then reach anything this user can)",
     )
     parser.add_argument("agent", metavar="AGENT", help="agent script or command")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
@@ -79,9 +86,20 @@ def run(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         metrics=args.metrics,
         grace_period=grace,
+        confine="off" if args.no_confine else None,
     )
+    if args.no_confine:
+        print(
+            "capsup: warning: --no-confine: the agent can reach every file, socket and "
+            "process this user can; capabilities bind only what it chooses to ask",
+            file=sys.stderr,
+        )
     try:
         runtime = Runtime(config, options)
+    except ConfinementUnavailable as error:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        print(f"capsup: agent not started: {error}", file=sys.stderr)
+        return EXIT_CANNOT_START
     except (MetricsUnavailable, StoreError, AuditUnavailable) as error:
         shutil.rmtree(runtime_dir, ignore_errors=True)
         raise UsageError(str(error)) from None

@@ -23,6 +23,7 @@ from capsup.supervisor.audit import (
     parse_head,
 )
 from capsup.supervisor.config import Config
+from capsup.supervisor.confinement.setup import Confiner
 from capsup.supervisor.events import Event, EventSink
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
@@ -40,6 +41,8 @@ class RuntimeOptions:
     audit_log: str | None = None
     metrics: str | None = None
     grace_period: float = 5.0
+    #: "required", "best-effort" or "off"; None: the config's ``confine``.
+    confine: str | None = None
 
 
 def fan_out(*sinks: EventSink) -> EventSink:
@@ -92,6 +95,19 @@ class Runtime:
         start_trace = new_trace_id()
         self.kernel.start(now=time.time(), trace_id=start_trace)
         self._revoke_orphans(start_trace)
+        self.confiner: Confiner | None = None
+        mode = options.confine or config.settings.confine
+        if mode != "off":
+            try:
+                self.confiner = Confiner(
+                    "required" if mode == "required" else "best-effort",
+                    Path(options.endpoint.removeprefix("ipc://")).parent,
+                    config.sandboxes,
+                )
+            except BaseException:
+                self.audit.close()
+                self.store.close()
+                raise
         self.server = Server(
             self.kernel,
             options.endpoint,
@@ -103,6 +119,7 @@ class Runtime:
             observe_request=self.metrics.observe_request,
             observe_validation=self.metrics.observe_validation,
             on_idle=self.audit.flush_if_due,
+            confiner=self.confiner,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
         self.metrics.running_agents_from(lambda: self.server.processes.running_count)
@@ -132,6 +149,8 @@ class Runtime:
     def close(self) -> None:
         try:
             self.server.close()
+            if self.confiner is not None:
+                self.confiner.close()
         finally:
             try:
                 self.audit.close()

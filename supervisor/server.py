@@ -14,13 +14,16 @@ gets ``unauthenticated``. No field of a request can name who is speaking.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
+import json
 import os
 import secrets
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,10 @@ from capsup.agents.errors import (
     UnknownAgent,
     WaitTimeout,
 )
+from capsup.supervisor.brokers.descriptors import serve_descriptor_request
+from capsup.supervisor.brokers.files import open_for_agent, perform_file_op
+from capsup.supervisor.confinement.reaper import reap_orphans
+from capsup.supervisor.confinement.setup import Confiner
 from capsup.supervisor.derive import Delegation
 from capsup.supervisor.dispatch import dispatch_kernel_op
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
@@ -54,6 +61,7 @@ _BATCH = 64
 #: Pending ``wait`` calls on one agent; each costs memory and a timer.
 _MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
+_FILE_OPS = (p.ReadArgs, p.WriteArgs, p.ListdirArgs, p.StatArgs, p.DeleteArgs)
 _SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _SEND_LAST = int(zmq.NOBLOCK)
 _RECV = int(zmq.NOBLOCK)
@@ -84,6 +92,7 @@ class _Waiter:
     asker closed while it runs is not noticed (docs/protocol.md, ``wait``)."""
 
     asker: AgentProcess
+    sock: zmq.Socket[bytes]
     envelope: list[bytes]
     request_id: p.RequestId
     trace_id: str
@@ -112,6 +121,7 @@ class Server:
         observe_request: Callable[[str, float], None] | None = None,
         observe_validation: Callable[[float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        confiner: Confiner | None = None,
     ) -> None:
         if not endpoint.startswith("ipc://"):
             # Identity comes from SO_PEERCRED, which only a Unix socket has;
@@ -120,7 +130,18 @@ class Server:
         self.kernel = kernel
         self.endpoint = endpoint
         self.processes = ProcessTable(
-            endpoint, batch=batch_agents, pass_environment=pass_environment
+            endpoint, batch=batch_agents, pass_environment=pass_environment, confiner=confiner
+        )
+        #: Confined agents' own endpoints live next to the shared one.
+        self._agent_endpoints = Path(endpoint.removeprefix("ipc://")).parent / "agents"
+        self._endpoint_counter = itertools.count(1)
+        #: A confined agent's own ROUTER socket -> the agent (see start_agent).
+        self._routers: dict[zmq.Socket[bytes], AgentProcess] = {}
+        #: The socket whose messages are being served (replies go there).
+        self._serving: zmq.Socket[bytes] | None = None
+        #: Refusals the connect brokers' threads made, for the loop to record.
+        self._refused_connects: collections.deque[tuple[str, int, str, str]] = collections.deque(
+            maxlen=1024
         )
         self._sink = sink
         self._grace = grace_period
@@ -136,18 +157,7 @@ class Server:
             self._zap = self._context.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind("inproc://zeromq.zap.01")
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.ZAP_DOMAIN, b"capsup")
-        self._socket.setsockopt(zmq.LINGER, 0)
-        # Messages a little over the limit get a message_too_large reply; libzmq
-        # drops the connection of a peer sending anything far larger, before
-        # it is ever buffered whole.
-        self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes)
-        # Bound what one peer can make the supervisor buffer before it is read.
-        self._socket.setsockopt(zmq.RCVHWM, 64)
-        # A reply to a peer that vanished is dropped silently, not an error.
-        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self._socket.bind(endpoint)
+        self._socket = self._router(b"capsup", endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._zap, zmq.POLLIN)
@@ -158,6 +168,34 @@ class Server:
         self._signals_w.setblocking(False)
         self._poller.register(self._signals_r.fileno(), zmq.POLLIN)
         self.pending_signals: list[int] = []
+        self._reaping_orphans = False
+        if confiner is not None and threading.current_thread() is threading.main_thread():
+            # The supervisor is a subreaper: an agent's orphans come back to
+            # it, and their SIGCHLD wakes the loop to reap them.
+            signal.set_wakeup_fd(self._signals_w.fileno(), warn_on_full_buffer=False)
+            signal.signal(signal.SIGCHLD, self._record_signal)
+            self._reaping_orphans = True
+
+    def _router(self, domain: bytes, endpoint: str) -> zmq.Socket[bytes]:
+        """A ROUTER socket bound at ``endpoint`` whose connections the ZAP
+        handler judges under ``domain`` (``capsup``, or a confined agent's id)."""
+        sock = self._context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.ZAP_DOMAIN, domain)
+            sock.setsockopt(zmq.LINGER, 0)
+            # Messages a little over the limit get a message_too_large reply;
+            # libzmq drops the connection of a peer sending anything far
+            # larger, before it is ever buffered whole.
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes)
+            # Bound what one peer can make the supervisor buffer before it is read.
+            sock.setsockopt(zmq.RCVHWM, 64)
+            # A reply to a peer that vanished is dropped silently, not an error.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            sock.bind(endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
 
     # -- agents ---------------------------------------------------------------
 
@@ -176,14 +214,35 @@ class Server:
         ``policy_name`` (default: ``name``) is the policy key its own requests
         are judged by; ``""`` gives it no ceilings of its own."""
         policy_name = name if policy_name is None else policy_name
-        agent = self.processes.spawn(
-            argv,
-            agent_id=agent_id or new_agent_id(name),
-            name=name,
-            policy_name=policy_name,
-            parent=parent.agent_id if parent else None,
-            stdin_devnull=parent is not None,
-        )
+        agent_id = agent_id or new_agent_id(name)
+        router: zmq.Socket[bytes] | None = None
+        endpoint: str | None = None
+        if self.processes.confiner is not None:
+            # A confined agent's connect() is made by the supervisor, so the
+            # connection's SO_PEERCRED names the supervisor: the endpoint it
+            # connects to, the agent's own, is what says who it is.
+            self._agent_endpoints.mkdir(mode=0o700, exist_ok=True)
+            endpoint = f"ipc://{self._agent_endpoints}/{next(self._endpoint_counter)}.sock"
+            router = self._router(agent_id.encode(), endpoint)
+        try:
+            agent = self.processes.spawn(
+                argv,
+                agent_id=agent_id,
+                name=name,
+                policy_name=policy_name,
+                parent=parent.agent_id if parent else None,
+                stdin_devnull=parent is not None,
+                endpoint=endpoint,
+            )
+        except BaseException:
+            if router is not None:
+                router.close(linger=0)
+            raise
+        if router is not None:
+            self._routers[router] = agent
+            self._poller.register(router, zmq.POLLIN)
+        assert agent.control is not None
+        self._poller.register(agent.control.fileno(), zmq.POLLIN)
         self.kernel.register_principal(
             Principal(agent.agent_id, policy_name, pid=agent.pid),
             parent=parent.agent_id if parent else None,
@@ -210,14 +269,25 @@ class Server:
                     "policy_name": agent.policy_name,
                     "parent": agent.parent,
                     "argv": [a[:256] for a in argv[:32]],
+                    "confined": self._confinement_record(agent),
                 },
             )
         )
 
+    def _confinement_record(self, agent: AgentProcess) -> str | dict[str, Any]:
+        """``agent_started``'s ``confined``: ``"off"``, or the mode and what
+        this machine could not enforce for it."""
+        if agent.confinement is None:
+            return "off"
+        plan = agent.confinement.plan
+        return {"mode": plan.mode, "not_enforced": list(plan.missing)}
+
     def _on_exit(self, agent: AgentProcess) -> None:
         """An agent exited: revoke everything it held, stop its sub-agents,
-        answer whoever waits for it."""
+        answer whoever waits for it, kill what is left of its tree."""
         self._poller.unregister(agent.pidfd)
+        if agent.control is not None:
+            self._unwatch(agent.control.fileno())
         returncode = self.processes.reap(agent)
         now = time.time()
         trace_id = new_trace_id()
@@ -239,6 +309,7 @@ class Server:
         for waiter in self._waiters.pop(agent.agent_id, []):
             self._answer(waiter, {"exit_code": returncode})
         self._peers = {k: v for k, v in self._peers.items() if v.agent is not agent}
+        self._release(agent)
         for child_id in list(agent.children):
             finished = self.processes.get(child_id)
             if finished is not None and not finished.running:
@@ -246,6 +317,18 @@ class Server:
         if agent.parent is None or self.processes.get(agent.parent) is None:
             self.processes.forget(agent)
         self.kernel.forget_principal(agent.agent_id)
+
+    def _release(self, agent: AgentProcess) -> None:
+        """Close a confined agent's endpoint, kill its whole tree, remove its
+        scratch: nothing of it outlives it."""
+        for router, owner in list(self._routers.items()):
+            if owner is agent:
+                del self._routers[router]
+                self._poller.unregister(router)
+                router.close(linger=0)
+        if agent.confinement is not None:
+            with self._reported("releasing an agent's confinement"):
+                agent.confinement.release()
 
     def _record_exit(
         self, agent: AgentProcess, returncode: int, revoked: list[str], now: float, trace_id: str
@@ -298,16 +381,27 @@ class Server:
                 self._on_exit(exited)
         if self._signals_r.fileno() in ready:
             self._drain_signal_pipe()
+            self._after_signals()
+        for item in ready:
+            controlled = self.processes.by_control(item) if isinstance(item, int) else None
+            if controlled is not None:
+                self._on_control(controlled)
         if self._zap in ready:
             self._answer_zap()
-        if self._socket in ready:
-            for _ in range(_BATCH):
-                try:
-                    raw, user = self._receive()
-                except zmq.Again:
-                    break
-                self._handle(raw, user)
+        for item in ready:
+            if item is self._socket or item in self._routers:
+                self._serve(item)
         self._timers()
+
+    def _serve(self, sock: zmq.Socket[bytes]) -> None:
+        """A batch of requests from one ROUTER socket."""
+        self._serving = sock
+        for _ in range(_BATCH):
+            try:
+                raw, user = self._receive(sock)
+            except zmq.Again:
+                break
+            self._handle(raw, user)
 
     def _bounded(self, timeout: float | None) -> float | None:
         now = time.time()
@@ -344,7 +438,127 @@ class Server:
             reply = p.error_reply(waiter.request_id, outcome, waiter.trace_id)
         else:
             reply = p.ok_reply(waiter.request_id, outcome, waiter.trace_id)
-        self._send(waiter.envelope, reply)
+        self._send(waiter.envelope, reply, waiter.sock)
+
+    # -- confined agents ------------------------------------------------------
+
+    def _on_control(self, agent: AgentProcess) -> None:
+        """The agent's descriptor socket is readable: the bootstrap's report
+        (first, before the agent's code runs), else an ``open`` request."""
+        control = agent.control
+        assert control is not None
+        confinement = agent.confinement
+        if confinement is not None and confinement.enforced is None:
+            self._on_report(agent, control)
+            return
+        handled = serve_descriptor_request(
+            control,
+            lambda data: self._open_for(agent, data),
+            refuse=lambda error, data: self._refuse_descriptor_request(agent, error, data),
+        )
+        if not handled:  # every copy of the agent's end is closed
+            self._unwatch(control.fileno())
+
+    def _unwatch(self, fd: int) -> None:
+        """Stop polling ``fd`` (once: the end of a descriptor socket is seen
+        both when its last copy closes and when its agent exits)."""
+        with contextlib.suppress(KeyError):
+            self._poller.unregister(fd)
+
+    def _open_for(self, agent: AgentProcess, data: bytes) -> tuple[bytes, int | None]:
+        """Answer one request on ``agent``'s descriptor socket: the reply,
+        and the descriptor it carries. The socket is the agent's by
+        construction (one end of a pair made for it at its start)."""
+        principal = Principal(agent.agent_id, agent.policy_name, pid=agent.pid)
+        try:
+            request = p.parse_request(data, max_bytes=self._max_bytes)
+            args = p.parse_args(request)
+            if not isinstance(args, p.OpenArgs):
+                raise BadRequest(f"only open is served on the descriptor socket, not {request.op}")
+        except CapsupError as error:
+            return self._refuse_descriptor_request(agent, error, data), None
+        trace_id = request.trace_id or new_trace_id()
+        try:
+            fd = open_for_agent(
+                self.kernel, principal, args, now=time.time(), trace_id=trace_id, emit=self._emit
+            )
+        except CapsupError as error:
+            return p.error_reply(request.id, error, trace_id), None
+        except Exception as error:  # a bug must not take the supervisor down
+            _tell_operator(f"internal error (trace {trace_id})", error)
+            internal = InternalError(f"internal error: {type(error).__name__}")
+            return p.error_reply(request.id, internal, trace_id), None
+        return p.ok_reply(request.id, {}, trace_id), fd
+
+    def _refuse_descriptor_request(
+        self, agent: AgentProcess, error: CapsupError, data: bytes
+    ) -> bytes:
+        """Record a descriptor-socket request that could not be read (as
+        ``malformed_input``) and make its error reply."""
+        request_id, trace_id = p.best_effort_ids(data)
+        trace_id = trace_id or new_trace_id()
+        try:
+            self._violation(
+                ViolationKind.MALFORMED_INPUT,
+                error,
+                trace_id,
+                pid=agent.pid,
+                principal=agent.agent_id,
+            )
+        except CapsupError as unrecorded:  # the trail is down: say that instead
+            error = unrecorded
+        return p.error_reply(request_id, error, trace_id)
+
+    def _on_report(self, agent: AgentProcess, control: socket.socket) -> None:
+        """Read what the bootstrap enforced; take over its seccomp listener."""
+        confinement = agent.confinement
+        assert confinement is not None
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 4096, 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        try:
+            report = json.loads(data) if data else None
+            enforced = report.get("enforced") if isinstance(report, dict) else None
+            if not isinstance(enforced, list) or not all(isinstance(e, str) for e in enforced):
+                # EOF or garbage: the bootstrap failed, and the agent's exit
+                # comes through its pidfd.
+                enforced = []
+            confinement.enforced = enforced[:32]
+            if fds and "seccomp" in confinement.enforced:
+                listener = fds.pop(0)
+                confinement.serve_connects(
+                    listener,
+                    lambda pid, path, reason: self._connect_refused(agent, pid, path, reason),
+                )
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if not data:
+            self._unwatch(control.fileno())
+
+    def _connect_refused(self, agent: AgentProcess, pid: int, path: str, reason: str) -> None:
+        """Called on a connect broker's thread: queue the refusal for the
+        loop (which owns the trail) and wake it."""
+        self._refused_connects.append((agent.agent_id, pid, path, reason))
+        with contextlib.suppress(OSError):
+            self._signals_w.send(b"\0")
+
+    def _after_signals(self) -> None:
+        """Record refused connects; reap the orphans that came back to the
+        subreaper."""
+        while self._refused_connects:
+            agent_id, pid, path, reason = self._refused_connects.popleft()
+            error = NotAuthorized(f"connect() to {path[:256]!r} refused: {reason}")
+            with self._reported("recording a refused connect"):
+                self._violation(
+                    ViolationKind.SANDBOX_DENIED, error, new_trace_id(), pid=pid, principal=agent_id
+                )
+        if self._reaping_orphans:
+            with self._reported("reaping orphaned processes"):
+                reap_orphans({a.pid for a in self.processes.running})
 
     # -- signals --------------------------------------------------------------
 
@@ -366,7 +580,7 @@ class Server:
 
     # -- requests -------------------------------------------------------------
 
-    def _receive(self) -> tuple[list[bytes], str]:
+    def _receive(self, sock: zmq.Socket[bytes]) -> tuple[list[bytes], str]:
         """One message's frames, and the User-Id its connection was given at
         the handshake.
 
@@ -377,7 +591,7 @@ class Server:
         ``getsockopt(RCVMORE)`` (which builds an enum on every call), and
         the User-Id is read from the first of them, since libzmq puts the
         connection's metadata on every frame it receives."""
-        recv = self._socket.recv
+        recv = sock.recv
         routing_id = recv(_RECV)
         first = frame = recv(_RECV, copy=False)
         frames = [routing_id, frame.bytes]
@@ -453,6 +667,20 @@ class Server:
                 result = self._process_op(peer, args, envelope, request.id, trace_id)
                 if result is None:
                     return  # a wait that will be answered later
+            elif isinstance(args, p.OpenArgs):
+                raise BadRequest(
+                    "open hands over a descriptor, so it is served on the descriptor socket "
+                    "($CAPSUP_FD_SOCKET), not here"
+                )
+            elif isinstance(args, _FILE_OPS):
+                result = perform_file_op(
+                    self.kernel,
+                    peer.principal,
+                    args,
+                    now=time.time(),
+                    trace_id=trace_id,
+                    emit=self._emit,
+                )
             else:
                 result = self._kernel_op(peer.principal, args, trace_id)
             self._send(envelope, p.ok_reply(request.id, result, trace_id))
@@ -504,17 +732,52 @@ class Server:
         it. So a pid recycled later, or a socket handed to another process
         after its connector exited, can never change who the connection is.
         Unknown peers are let in as nobody, so they get an ``unauthenticated``
-        reply rather than a silent hang."""
+        reply rather than a silent hang.
+
+        A connection to a confined agent's own endpoint (its ZAP domain is
+        the agent id) is the agent only if the supervisor made it: a confined
+        agent's ``connect()`` is performed by the supervisor, which connects
+        it to that agent's endpoint and nowhere else, so the peer is the
+        supervisor's own pid. Anyone else there is refused outright.
+
+        A peer that chose its own routing id is refused: agents never need
+        one, and a chosen id can collide with the ids the ROUTER assigns
+        (libzmq aborts on that) or take over a held ``wait`` reply."""
         for _ in range(_BATCH):
             try:
                 request = self._zap.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            version, request_id, address = request[0], request[1], request[3]
+            if len(request) < 5:
+                continue  # not a ZAP request libzmq would send; nothing to answer
+            version, request_id, domain, address, chosen_id = request[:5]
             pid = _peer_pid(address.decode("ascii", "replace"))
+            status, user = self._judge_connection(domain, pid, chosen_id)
+            self._zap.send_multipart(
+                [version, request_id, status, b"OK" if status == b"200" else b"refused", user, b""]
+            )
+
+    def _judge_connection(
+        self, domain: bytes, pid: int | None, chosen_id: bytes
+    ) -> tuple[bytes, bytes]:
+        """The ZAP status and User-Id for a new connection."""
+        if chosen_id:
+            return b"400", b""
+        if domain == b"capsup":
             agent = self.processes.identify(pid) if pid is not None else None
-            user = f"{agent.agent_id if agent else ''}|{pid or 0}"
-            self._zap.send_multipart([version, request_id, b"200", b"OK", user.encode(), b""])
+            return b"200", f"{agent.agent_id if agent else ''}|{pid or 0}".encode()
+        owner = self.processes.get(domain.decode("ascii", "replace"))
+        if owner is None or not owner.running or owner.confinement is None:
+            return b"400", b""
+        if pid == os.getpid():
+            return b"200", f"{owner.agent_id}|{owner.pid}".encode()
+        # Not brokered: only an agent whose connect() is its own (seccomp is
+        # not in its plan: best-effort on a kernel without it) may come directly.
+        if not owner.confinement.plan.seccomp and pid is not None:
+            agent = self.processes.identify(pid)
+            if agent is owner:
+                return b"200", f"{owner.agent_id}|{pid}".encode()
+        return b"400", b""
 
     def _authenticate(self, user: str) -> _Peer:
         """The agent behind a connection's User-Id (set by :meth:`_answer_zap`);
@@ -571,7 +834,10 @@ class Server:
                 error = NotAuthorized(f"more than {_MAX_WAITERS} waits on one agent")
                 self._refuse(error, peer, "wait", trace_id)
             deadline = None if args.timeout is None else time.time() + args.timeout
-            waiting.append(_Waiter(peer.agent, envelope, request_id, trace_id, deadline))
+            assert self._serving is not None
+            waiting.append(
+                _Waiter(peer.agent, self._serving, envelope, request_id, trace_id, deadline)
+            )
             return None
         return self._spawn(peer, args, trace_id)
 
@@ -630,11 +896,17 @@ class Server:
             "capabilities": [c.to_wire() for c in delegated],
         }
 
-    def _send(self, envelope: list[bytes], reply: bytes) -> None:
+    def _send(
+        self, envelope: list[bytes], reply: bytes, sock: zmq.Socket[bytes] | None = None
+    ) -> None:
+        """Send ``reply`` to ``envelope`` on ``sock``, by default the socket
+        being served."""
         # A peer that is gone or not reading gets nothing; nobody is left to tell.
         # Frame by frame with plain int flags: send_multipart's type checks
         # and enum arithmetic cost more than the sends on this hot path.
-        sock = self._socket
+        if sock is None:
+            sock = self._serving
+            assert sock is not None
         try:
             for frame in envelope:
                 _send_frame(sock, frame, _SEND_MORE)
@@ -680,6 +952,9 @@ class Server:
             self._sink(event)
 
     def close(self) -> None:
+        for router in self._routers:
+            router.close(linger=0)
+        self._routers.clear()
         self._socket.close(linger=0)
         self._zap.close(linger=0)
         self._context.term()

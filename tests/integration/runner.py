@@ -13,13 +13,17 @@ from typing import Any
 
 CAPSUP = [sys.executable, "-m", "capsup.supervisor"]
 
+# The agents write their findings into the test's directory: the policy
+# grants it to them in their sandbox (they run confined, as by default).
 POLICY = """
 [agents.main]
+sandbox = {{ write = ["{root}"]{sandbox} }}
 allow = [
   {{ resource = "file://{root}", operations = ["read", "list", "write", "create"], max_ttl = 600, max_delegation_depth = 3 }},
   {{ resource = "https://api.example.com/v1", operations = ["GET", "POST"], max_delegation_depth = 1 }},
 ]
 [agents.helper]
+sandbox = {{ write = ["{root}"] }}
 allow = []
 [supervisor]
 grace_period = 1
@@ -59,10 +63,12 @@ def write_idle_agent(root: Path) -> Path:
     )
 
 
-def write_policy(root: Path, supervisor: str = "") -> Path:
-    """The test policy; ``supervisor`` holds more ``[supervisor]`` settings."""
+def write_policy(root: Path, supervisor: str = "", sandbox: str = "") -> Path:
+    """The test policy; ``supervisor`` holds more ``[supervisor]`` settings,
+    ``sandbox`` more keys of the main agent's sandbox (``memory = "1GiB"``)."""
     path = root / "policy.toml"
-    path.write_text(POLICY.format(root=root, supervisor=supervisor))
+    more = f", {sandbox}" if sandbox else ""
+    path.write_text(POLICY.format(root=root, supervisor=supervisor, sandbox=more))
     return path
 
 
@@ -105,6 +111,7 @@ def capsup_run(
     timeout: float = 60,
     extra: tuple[str, ...] = (),
     supervisor: str = "",
+    sandbox: str = "",
     env: dict[str, str] | None = None,
 ) -> Outcome:
     audit = root / "audit.jsonl"
@@ -113,7 +120,7 @@ def capsup_run(
             *CAPSUP,
             "run",
             "--config",
-            str(write_policy(root, supervisor)),
+            str(write_policy(root, supervisor, sandbox)),
             "--audit-log",
             str(audit),
             *extra,

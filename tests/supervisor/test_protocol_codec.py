@@ -272,6 +272,12 @@ def test_op_names_are_exactly_the_documented_ones() -> None:
         "request_plan",
         "spawn",
         "wait",
+        "read",
+        "write",
+        "listdir",
+        "stat",
+        "delete",
+        "open",
     }
 
 
@@ -727,6 +733,12 @@ def test_parse_args_dispatches_on_op() -> None:
         Op.REQUEST_PLAN: {"requests": [REQ]},
         Op.SPAWN: SPAWN,
         Op.WAIT: {"agent": "a"},
+        Op.READ: {"capability": "cap_1", "resource": "/a"},
+        Op.WRITE: {"capability": "cap_1", "resource": "/a", "data": b""},
+        Op.LISTDIR: {"capability": "cap_1", "resource": "/a"},
+        Op.STAT: {"capability": "cap_1", "resource": "/a"},
+        Op.DELETE: {"capability": "cap_1", "resource": "/a"},
+        Op.OPEN: {"capability": "cap_1", "resource": "/a", "mode": "r"},
     }
     kinds = set()
     for op, args in examples.items():

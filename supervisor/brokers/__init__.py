@@ -1,0 +1,1 @@
+"""Brokers: the supervisor validates and performs an operation in one step."""

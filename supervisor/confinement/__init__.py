@@ -1,0 +1,1 @@
+"""Supervisor-side confinement: what an agent may reach, and its process tree."""

@@ -1,0 +1,239 @@
+"""Invariant 9, tried as a hostile agent would: every way around the
+capabilities by plain OS means fails under a default `capsup run`, and the
+very same attempt works under `capsup run --no-confine`, which proves that
+each one really tried.
+
+The agent is tests/integration/hostile_agent.py; it reports one JSON line per
+attempt. The targets (a secret, TCP/UDP/unix listeners, the policy file,
+the virtual environment) are set up here, outside the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import pwd
+import socket
+import subprocess
+import sysconfig
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from runner import CAPSUP, read_audit
+
+HOSTILE = Path(__file__).resolve().parent / "hostile_agent.py"
+ABSTRACT = f"capsup-escape-test-{os.getpid()}"
+
+POLICY = """
+[agents.hostile]
+allow = []
+[supervisor]
+grace_period = 1
+"""
+
+
+@dataclass
+class Targets:
+    values: dict[str, Any]
+    config: Path
+    root: Path
+
+
+def _serve_forever(server: socket.socket, greeting: bytes) -> None:
+    """Accept and greet until the listening socket is closed."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(greeting)
+
+
+@contextlib.contextmanager
+def make_targets(tmp_path: Path) -> Iterator[Targets]:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("the operator's secret")
+    secret.chmod(0o600)
+    config = tmp_path / "policy.toml"
+    config.write_text(POLICY)
+    tcp = socket.create_server(("127.0.0.1", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    unix_path = str(tmp_path / "other.sock")
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(unix_path)
+    unix.listen()
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind("\0" + ABSTRACT)
+    abstract.listen()
+    dgram_path = str(tmp_path / "dgram.sock")
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(dgram_path)
+    listeners = [tcp, unix, abstract]
+    for server in listeners:
+        threading.Thread(target=_serve_forever, args=(server, b"hello"), daemon=True).start()
+    values = {
+        "secret": str(secret),
+        "outside": str(outside),
+        "home": pwd.getpwuid(os.getuid()).pw_dir,
+        "config": str(config),
+        "site_packages": sysconfig.get_paths()["purelib"],
+        "tcp_port": tcp.getsockname()[1],
+        "udp_port": udp.getsockname()[1],
+        "unix_path": unix_path,
+        "abstract": ABSTRACT,
+        "unix_dgram": dgram_path,
+    }
+    yield Targets(values, config, tmp_path)
+    for sock in [*listeners, udp, dgram]:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+def run_hostile(targets: Targets, *flags: str, **more: Any) -> tuple[dict[str, Any], Any]:
+    """Run the hostile agent with a pseudo-terminal as its stdin; returns its
+    attempts by name and the completed process."""
+    values = dict(targets.values, **more)
+    audit = targets.root / f"audit{'-'.join(flags)}.jsonl"
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [
+                *CAPSUP,
+                "run",
+                "--config",
+                str(targets.config),
+                "--audit-log",
+                str(audit),
+                *flags,
+                "--name",
+                "hostile",
+                str(HOSTILE),
+                json.dumps(values),
+            ],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=targets.root,
+        )
+    finally:
+        os.close(secondary)
+        os.close(primary)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    attempts = {line["attempt"]: line for line in lines if "attempt" in line}
+    attempts["_daemon"] = next((line["daemon"] for line in lines if "daemon" in line), None)
+    attempts["_audit"] = read_audit(audit)
+    return attempts, proc
+
+
+ESCAPES = [
+    "read_secret",
+    "list_outside",
+    "list_home",
+    "write_outside",
+    "rewrite_config",
+    "drop_pth_in_venv",
+    "cat_secret",
+    "tcp_connect",
+    "tcp_bind",
+    "udp_send",
+    "unix_path_connect",
+    "unix_abstract_connect",
+    "unix_datagram_sendto",
+    "signal_supervisor",
+    "ptrace_supervisor",
+    "supervisor_environ",
+    "io_uring",
+    "netlink",
+    "user_namespace",
+    "type_into_terminal",
+]
+
+
+@pytest.fixture(scope="module")
+def both_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Any], ...]]:
+    """The hostile agent confined, then with --no-confine (module-wide: each
+    run tries everything once)."""
+    with make_targets(tmp_path_factory.mktemp("escapes")) as t:
+        confined, proc = run_hostile(t, daemon=True)
+        assert proc.returncode == 0, proc.stderr
+        free, proc_free = run_hostile(t, "--no-confine", daemon=True)
+        assert proc_free.returncode == 0, proc_free.stderr
+        yield confined, free, {"confined": proc, "free": proc_free}
+        daemon = free["_daemon"]
+        if daemon:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(daemon).kill()
+
+
+@pytest.mark.parametrize("attempt", ESCAPES)
+def test_each_escape_fails_confined_and_works_unconfined(
+    both_runs: tuple[dict[str, Any], ...], attempt: str
+) -> None:
+    confined, free, _ = both_runs
+    assert attempt in free, f"the unconfined run did not try {attempt}"
+    assert free[attempt]["worked"], f"{attempt} did not work even unconfined: {free[attempt]}"
+    assert attempt in confined, f"the confined run did not try {attempt}"
+    assert not confined[attempt]["worked"], f"{attempt} worked confined: {confined[attempt]}"
+
+
+def test_a_confined_agent_cannot_reach_the_shared_endpoint(
+    both_runs: tuple[dict[str, Any], ...],
+) -> None:
+    """Only its own endpoint is brokered; the shared one (where an agent's
+    pid would be looked up) is out of reach, and the refusal is recorded."""
+    confined, _, _ = both_runs
+    assert not confined["unix_shared_endpoint"]["worked"]
+    refused = [
+        r
+        for r in confined["_audit"]
+        if r["event"] == "security_violation" and r["detail"].get("kind") == "sandbox_denied"
+    ]
+    assert refused, "a refused connect() must be audited"
+
+
+def test_a_daemon_dies_with_its_confined_agent(both_runs: tuple[dict[str, Any], ...]) -> None:
+    confined, free, _ = both_runs
+    assert confined["_daemon"] and free["_daemon"]
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(confined["_daemon"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(confined["_daemon"]), "the confined agent's daemon outlived it"
+    assert _alive(free["_daemon"]), "unconfined, the daemon should have survived (it tried)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_confined_run_records_what_was_enforced(both_runs: tuple[dict[str, Any], ...]) -> None:
+    confined, free, _ = both_runs
+    started = [r for r in confined["_audit"] if r["event"] == "agent_started"]
+    assert started[0]["detail"]["confined"] == {"mode": "required", "not_enforced": []}
+    started_free = [r for r in free["_audit"] if r["event"] == "agent_started"]
+    assert started_free[0]["detail"]["confined"] == "off"
+
+
+def test_no_confine_warns_in_one_line(both_runs: tuple[dict[str, Any], ...]) -> None:
+    _, _, procs = both_runs
+    warnings = [
+        line for line in procs["free"].stderr.splitlines() if line.startswith("capsup: warning")
+    ]
+    assert len(warnings) == 1 and "--no-confine" in warnings[0]
+    assert "capsup: warning" not in procs["confined"].stderr
