@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf /tmp/capsup-demo && cp -r examples/workspace /tmp/capsup-demo
 	$(BIN)/capsup run --config configs/demo.toml examples/researcher.py
 
 lint: $(STAMP)

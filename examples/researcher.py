@@ -1,11 +1,14 @@
-"""An agent's whole life under capsup: ask, use, delegate, revoke, be refused.
+"""An agent's whole life under capsup: confined, it asks, reads and writes
+through the broker, delegates, revokes, and is refused.
 
-Run it with `make demo`, or: capsup run --config configs/demo.toml examples/researcher.py
+Run it with `make demo`, or:
+
+    rm -rf /tmp/capsup-demo && cp -r examples/workspace /tmp/capsup-demo
+    capsup run --config configs/demo.toml examples/researcher.py
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,30 +19,36 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    # The demo's files: the policy names /tmp/capsup-demo (absolute URIs only).
-    shutil.copytree(HERE / "workspace", WORKSPACE, dirs_exist_ok=True)
     client = connect()
     me = client.whoami()
     print(f"[researcher] I am {me.agent_id} (policy name {me.principal!r}, pid {me.pid})")
+    try:
+        (WORKSPACE / "notes" / "readme.txt").read_text()
+    except PermissionError:
+        print("[researcher] open() of the workspace directly: PermissionError (confined)")
 
     notes = client.request(
-        f"file://{WORKSPACE}", ["read", "list"], ttl=120, constraints={"max_delegation_depth": 2}
+        f"file://{WORKSPACE}",
+        ["read", "list", "write", "create"],
+        ttl=120,
+        constraints={"max_delegation_depth": 2},
     )
     print(
         f"[researcher] granted {notes.resource} {sorted(notes.operations)}, "
         f"depth {notes.delegation_depth}, expires in 120 s"
     )
-
-    client.validate(notes, "read", str(WORKSPACE / "notes" / "readme.txt"))
-    print("[researcher] validate read notes/readme.txt: allowed")
+    names = [entry.name for entry in client.listdir(notes, WORKSPACE / "notes")]
+    print(f"[researcher] listdir notes/ through the broker: {names}")
+    text = client.read_text(notes, WORKSPACE / "notes" / "readme.txt").strip()
+    print(f"[researcher] read notes/readme.txt through the broker: {text!r}")
     for target, why in [
-        (str(WORKSPACE / "notes" / "secret.key"), "a denied glob"),
-        (str(WORKSPACE / ".." / "etc" / "passwd"), "a path traversal"),
+        (WORKSPACE / "notes" / "secret.key", "a denied glob"),
+        (WORKSPACE / ".." / "etc" / "passwd", "a path traversal"),
     ]:
         try:
-            client.validate(notes, "read", target)
+            client.read_bytes(notes, target)
         except AccessDenied as error:
-            print(f"[researcher] validate {why}: denied ({error.code}, {error.reason})")
+            print(f"[researcher] read {why}: denied ({error.code}, {error.reason})")
 
     try:
         client.request("file:///etc", ["read"])
@@ -53,13 +62,18 @@ def main() -> int:
             {
                 "capability": notes.id,
                 "resource": f"file://{WORKSPACE}/notes",
-                "operations": ["read"],
+                "operations": ["read", "create"],
             }
         ],
     )
-    print(f"[researcher] spawned {helper.agent_id} with {helper.capabilities[0].resource} [read]")
+    print(
+        f"[researcher] spawned {helper.agent_id} with {helper.capabilities[0].resource} "
+        "[create, read]"
+    )
     code = client.wait(helper.agent_id, timeout=30)
     print(f"[researcher] summarizer exited with {code}")
+    summary = client.read_text(notes, WORKSPACE / "notes" / "summary.txt").strip()
+    print(f"[researcher] the summarizer wrote: {summary!r}")
 
     # The summarizer's copy ended when it exited (a dead holder holds nothing),
     # so revoking the root now revokes just the root.
@@ -69,9 +83,9 @@ def main() -> int:
         "was already revoked when it exited"
     )
     try:
-        client.validate(notes, "read", str(WORKSPACE / "notes" / "readme.txt"))
+        client.read_bytes(notes, WORKSPACE / "notes" / "readme.txt")
     except AccessDenied as error:
-        print(f"[researcher] validate after revoke: denied ({error.code})")
+        print(f"[researcher] read after revoke: denied ({error.code})")
     client.close()
     return 0
 

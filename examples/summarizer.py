@@ -15,9 +15,12 @@ def main() -> int:
     caps = client.list_my_capabilities()
     print(f"[summarizer] I hold {[c.resource for c in caps]}")
     notes = caps[0]
-    readme = WORKSPACE / "notes" / "readme.txt"
-    client.validate(notes, "read", str(readme))
-    print(f"[summarizer] read allowed: {readme.read_text().strip()!r}")
+    # An ordinary file object, opened by the supervisor and handed over.
+    with client.open(notes, WORKSPACE / "notes" / "readme.txt") as readme:
+        text = readme.read().strip()
+    print(f"[summarizer] opened readme.txt through the broker: {text!r}")
+    written = client.write_bytes(notes, WORKSPACE / "notes" / "summary.txt", b"honest agents\n")
+    print(f"[summarizer] wrote summary.txt ({written} bytes)")
     try:
         client.delegate(notes, client.whoami().agent_id, operations=["read", "list"])
     except AccessDenied as error:

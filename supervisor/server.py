@@ -738,7 +738,7 @@ class Server:
         the agent id) is the agent only if the supervisor made it: a confined
         agent's ``connect()`` is performed by the supervisor, which connects
         it to that agent's endpoint and nowhere else, so the peer is the
-        supervisor's own pid. Anyone else there is refused outright.
+        supervisor's own pid. Anyone else there is nobody.
 
         A peer that chose its own routing id is refused: agents never need
         one, and a chosen id can collide with the ids the ROUTER assigns
@@ -760,24 +760,24 @@ class Server:
     def _judge_connection(
         self, domain: bytes, pid: int | None, chosen_id: bytes
     ) -> tuple[bytes, bytes]:
-        """The ZAP status and User-Id for a new connection."""
+        """The ZAP status and User-Id (``AGENT_ID|PID``, the id empty for
+        nobody) of a new connection."""
         if chosen_id:
             return b"400", b""
-        if domain == b"capsup":
-            agent = self.processes.identify(pid) if pid is not None else None
-            return b"200", f"{agent.agent_id if agent else ''}|{pid or 0}".encode()
-        owner = self.processes.get(domain.decode("ascii", "replace"))
-        if owner is None or not owner.running or owner.confinement is None:
-            return b"400", b""
-        if pid == os.getpid():
-            return b"200", f"{owner.agent_id}|{owner.pid}".encode()
-        # Not brokered: only an agent whose connect() is its own (seccomp is
-        # not in its plan: best-effort on a kernel without it) may come directly.
-        if not owner.confinement.plan.seccomp and pid is not None:
-            agent = self.processes.identify(pid)
-            if agent is owner:
-                return b"200", f"{owner.agent_id}|{pid}".encode()
-        return b"400", b""
+        if domain != b"capsup":
+            owner = self.processes.get(domain.decode("ascii", "replace"))
+            if owner is not None and owner.running and owner.confinement is not None:
+                if pid == os.getpid():
+                    return b"200", f"{owner.agent_id}|{owner.pid}".encode()
+                # Not brokered: only an agent whose connect() is its own
+                # (seccomp is not in its plan: best-effort on a kernel
+                # without it) may come directly.
+                if not owner.confinement.plan.seccomp and pid is not None:
+                    if self.processes.identify(pid) is owner:
+                        return b"200", f"{owner.agent_id}|{pid}".encode()
+            return b"200", f"|{pid or 0}".encode()
+        agent = self.processes.identify(pid) if pid is not None else None
+        return b"200", f"{agent.agent_id if agent else ''}|{pid or 0}".encode()
 
     def _authenticate(self, user: str) -> _Peer:
         """The agent behind a connection's User-Id (set by :meth:`_answer_zap`);

@@ -431,8 +431,18 @@ def _kind(mode: int) -> str:
 
 def _open_file(use: _Use, mode: _Mode, size: int | None = None) -> int:
     """A descriptor of the target with ``mode``'s flags: an existing regular
-    file, or (when ``mode`` allows and ``create`` is granted) a new one."""
+    file, or (when ``mode`` allows and ``create`` is granted) a new one.
+
+    Making a file needs ``create``, changing one needs ``write``: where a
+    mode may do either, whether the file exists decides which the kernel is
+    asked about. The look is made beneath the capability's root before the
+    kernel's check (which refuses a stranger's id either way), and the open
+    itself settles any race: a new file is made with ``O_EXCL``, an existing
+    one opened without ``O_CREAT``."""
     needs = list(mode.needs)
+    if mode.creates == "may" and not _exists(use):
+        needs = ["create", *(n for n in needs if n != "write")]
+        mode = _Mode(tuple(needs), mode.flags, "must")
     cap = use.validate(needs[0], size)
     for operation in needs[1:]:
         use.validate(operation, size)
@@ -440,13 +450,7 @@ def _open_file(use: _Use, mode: _Mode, size: int | None = None) -> int:
     try:
         if mode.creates == "must":
             return _create(use, place, mode, size)
-        try:
-            held = place.open_target()
-        except FileNotFoundError:
-            if mode.creates == "never":
-                raise
-            use.validate("create", size)
-            return _create(use, place, mode, size)
+        held = place.open_target()
         try:
             info = os.fstat(held)
             _require_regular(info)
@@ -460,6 +464,28 @@ def _open_file(use: _Use, mode: _Mode, size: int | None = None) -> int:
             os.close(held)
     finally:
         os.close(place.dirfd)
+
+
+def _exists(use: _Use) -> bool:
+    """Whether the target names an existing file beneath the capability's
+    root, looked at without following anything out of it. A capability
+    that is unknown or of another kind answers False: the kernel's check
+    that follows refuses it."""
+    cap = use.kernel.get(use.capability_id)
+    if cap is None or not cap.resource.startswith("file://"):
+        return False
+    try:
+        place = _locate(cap, use.target)
+    except (_Refused, OSError):
+        return False
+    try:
+        held = place.open_target()
+    except OSError:
+        return False
+    finally:
+        os.close(place.dirfd)
+    os.close(held)
+    return True
 
 
 def _create(use: _Use, place: _Place, mode: _Mode, size: int | None) -> int:

@@ -205,6 +205,12 @@ def test_making_a_file_needs_create_changing_one_needs_write(world: World) -> No
     with pytest.raises(OperationNotAllowed):
         world.open(create_only, world.ws / "a.txt", "a")
     os.close(world.open(create_only, world.ws / "new.txt", "x"))
+    # A write or an open that makes the file needs create alone.
+    assert world.write(create_only, world.ws / "made.txt", b"new") == {"written": 3}
+    os.close(world.open(create_only, world.ws / "made-too.txt", "w"))
+    with pytest.raises(OperationNotAllowed):  # now it exists: changing it needs write
+        world.write(create_only, world.ws / "made.txt", b"again")
+    assert (world.ws / "made.txt").read_bytes() == b"new"
 
     both = world.grant(["write", "create"])
     assert world.write(both, world.ws / "newer.txt", b"x") == {"written": 1}

@@ -18,6 +18,7 @@ CAPSUP = [sys.executable, "-m", "capsup.supervisor"]
 POLICY = """
 [agents.main]
 sandbox = {{ write = ["{root}"]{sandbox} }}
+may_spawn = ["helper"]
 allow = [
   {{ resource = "file://{root}", operations = ["read", "list", "write", "create"], max_ttl = 600, max_delegation_depth = 3 }},
   {{ resource = "https://api.example.com/v1", operations = ["GET", "POST"], max_delegation_depth = 1 }},

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import msgpack
@@ -29,6 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
+    """`make demo`: the workspace copied, the researcher run confined."""
+    shutil.rmtree("/tmp/capsup-demo", ignore_errors=True)
+    shutil.copytree(REPO / "examples" / "workspace", "/tmp/capsup-demo")
     audit = tmp_path / "audit.jsonl"
     proc = subprocess.run(
         [
@@ -46,21 +51,26 @@ def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "validate read notes/readme.txt: allowed" in out
-    assert "a denied glob: denied (constraint_violation" in out
-    assert "a path traversal: denied (constraint_violation" in out
+    assert "open() of the workspace directly: PermissionError (confined)" in out
+    assert "read notes/readme.txt through the broker: 'capsup keeps agents honest.'" in out
+    assert "listdir notes/ through the broker: ['readme.txt']" in out  # *.key is denied
+    assert "read a denied glob: denied (constraint_violation, denied_by_glob)" in out
+    assert "read a path traversal: denied (constraint_violation, outside_resource)" in out
     assert "request file:///etc: denied (denied_by_policy)" in out
-    assert "[summarizer] read allowed" in out
+    assert "[summarizer] opened readme.txt through the broker: 'capsup keeps" in out
+    assert "[summarizer] wrote summary.txt (14 bytes)" in out
     assert "widening my copy: denied (delegation_widening)" in out
     assert "summarizer exited with 0" in out
+    assert "the summarizer wrote: 'honest agents'" in out
     assert "revoked 1 capability; the summarizer's copy was already revoked" in out
-    assert "validate after revoke: denied (revoked)" in out
+    assert "read after revoke: denied (revoked)" in out
     events = {r["event"] for r in read_audit(audit)}
     assert {
         "agent_started",
         "capability_granted",
         "capability_delegated",
         "capability_revoked",
+        "file_operation",
         "security_violation",
         "agent_terminated",
     } <= events
@@ -141,7 +151,7 @@ def test_environment_names_the_endpoint_and_nothing_else(tmp_path: Path) -> None
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
         assert os.environ["CAPSUP_AGENT_ID"].startswith("agent-main-")
         assert sorted(k for k in os.environ if k.startswith("CAPSUP_")) == [
-            "CAPSUP_AGENT_ID", "CAPSUP_ENDPOINT"]
+            "CAPSUP_AGENT_ID", "CAPSUP_ENDPOINT", "CAPSUP_FD_SOCKET"]
     """,
     )
     outcome = capsup_run(tmp_path, agent)
@@ -277,12 +287,14 @@ def test_a_strangers_reply_and_its_audit_record_share_the_trace_id(tmp_path: Pat
 
 
 def test_validations_are_timed_in_the_metrics(tmp_path: Path) -> None:
+    """The agent validates twice (it cannot reach /metrics itself: TCP is
+    closed to a confined agent), then the test scrapes while it waits."""
     port = _free_port()
     agent = write_agent(
         tmp_path,
         "agent",
         f"""
-        import urllib.request
+        import os, time
         from capsup.agents import AccessDenied, connect
         c = connect()
         cap = c.request("file://{tmp_path}", ["read"])
@@ -291,15 +303,21 @@ def test_validations_are_timed_in_the_metrics(tmp_path: Path) -> None:
             c.validate(cap, "read", "/etc/passwd")
         except AccessDenied:
             pass
-        page = urllib.request.urlopen("http://127.0.0.1:{port}/metrics", timeout=10).read()
-        print(page.decode())
+        open("{tmp_path}/validated", "w").close()
+        while not os.path.exists("{tmp_path}/done"):
+            time.sleep(0.05)
     """,
     )
-    outcome = capsup_run(tmp_path, agent, extra=("--metrics", f"127.0.0.1:{port}"))
-    assert outcome.code == 0, outcome.stderr
+    proc = start_capsup(tmp_path, agent, "--metrics", f"127.0.0.1:{port}")
+    try:
+        wait_for(tmp_path / "validated")
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        (tmp_path / "done").touch()
+        assert proc.wait(timeout=30) == 0
     counts = [
         line
-        for line in outcome.stdout.splitlines()
+        for line in page.decode().splitlines()
         if line.startswith("capsup_validation_duration_seconds_count")
     ]
     assert counts == ["capsup_validation_duration_seconds_count 2.0"]
@@ -312,14 +330,18 @@ def _free_port() -> int:
 
 
 def test_sigkill_of_a_sub_agent_revokes_what_it_held(tmp_path: Path) -> None:
+    # The sub-agent SIGKILLs itself when told: its parent may not signal
+    # it (each confined agent is its own Landlock domain).
     write_agent(
         tmp_path,
         "holder",
-        """
-        import time
+        f"""
+        import os, signal, time
         from capsup.agents import connect
         connect()  # connected; now wait to be killed
-        time.sleep(60)
+        while not os.path.exists("{tmp_path}/die"):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGKILL)
     """,
     )
     agent = write_agent(
@@ -335,7 +357,7 @@ def test_sigkill_of_a_sub_agent_revokes_what_it_held(tmp_path: Path) -> None:
         child = sub.capabilities[0]
         time.sleep(0.3)
         killed_at = time.monotonic()
-        os.kill(sub.pid, signal.SIGKILL)
+        open("{tmp_path}/die", "w").close()
         code = client.wait(sub.agent_id, timeout=10)
         assert code == -signal.SIGKILL, code
         try:
@@ -587,11 +609,17 @@ def test_a_sub_agent_cannot_take_a_privileged_policy_name(tmp_path: Path) -> Non
     assert outcome.code == 42, outcome.stderr
 
 
-def test_a_plain_child_process_of_an_agent_speaks_as_that_agent(tmp_path: Path) -> None:
+@pytest.mark.parametrize("confined", [True, False], ids=["confined", "unconfined"])
+def test_a_plain_child_process_of_an_agent_speaks_as_that_agent(
+    tmp_path: Path, confined: bool
+) -> None:
+    """Unconfined, the kernel names the speaking process (SO_PEERCRED);
+    confined, the supervisor made the connection on the agent's own
+    endpoint, so the pid it knows is the agent's."""
     agent = write_agent(
         tmp_path,
         "agent",
-        """
+        f"""
         import os, subprocess, sys
         from capsup.agents import connect
         me = connect().whoami()
@@ -602,8 +630,8 @@ def test_a_plain_child_process_of_an_agent_speaks_as_that_agent(tmp_path: Path) 
         )
         agent_id, pid = child.stdout.split()
         assert agent_id == me.agent_id, (agent_id, me.agent_id)
-        assert int(pid) != me.pid  # the speaking process, identified by the kernel
+        assert (int(pid) == me.pid) is {confined}, (pid, me.pid)
         """,
     )
-    outcome = capsup_run(tmp_path, agent)
+    outcome = capsup_run(tmp_path, agent, extra=() if confined else ("--no-confine",))
     assert outcome.code == 0, outcome.stderr
