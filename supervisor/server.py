@@ -772,9 +772,9 @@ class Server:
                 # Not brokered: only an agent whose connect() is its own
                 # (seccomp is not in its plan: best-effort on a kernel
                 # without it) may come directly.
-                if not owner.confinement.plan.seccomp and pid is not None:
-                    if self.processes.identify(pid) is owner:
-                        return b"200", f"{owner.agent_id}|{pid}".encode()
+                brokered = owner.confinement.plan.seccomp
+                if pid is not None and not brokered and self.processes.identify(pid) is owner:
+                    return b"200", f"{owner.agent_id}|{pid}".encode()
             return b"200", f"|{pid or 0}".encode()
         agent = self.processes.identify(pid) if pid is not None else None
         return b"200", f"{agent.agent_id if agent else ''}|{pid or 0}".encode()
