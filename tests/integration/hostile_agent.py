@@ -149,6 +149,23 @@ def ptrace_supervisor() -> str:
     return "seized"
 
 
+def signal_agent() -> str:
+    """Another agent: the parent agent, for a sub-agent."""
+    os.kill(T["agent_pid"], 0)
+    return "signal 0 delivered"
+
+
+def ptrace_agent() -> str:
+    check(LIBC.ptrace(PTRACE_SEIZE, T["agent_pid"], None, None))
+    LIBC.ptrace(PTRACE_DETACH, T["agent_pid"], None, None)
+    return "seized"
+
+
+def agent_memory() -> int:
+    with open(f"/proc/{T['agent_pid']}/mem", "rb") as f:
+        return len(f.read(0))
+
+
 def supervisor_environ() -> int:
     with open(f"/proc/{T['supervisor']}/environ", "rb") as f:
         return len(f.read())
@@ -226,12 +243,16 @@ ATTEMPTS: dict[str, Callable[[], object]] = {
     "netlink": netlink,
     "user_namespace": user_namespace,
     "type_into_terminal": type_into_terminal,
+    "signal_agent": signal_agent,
+    "ptrace_agent": ptrace_agent,
+    "agent_memory": agent_memory,
 }
 
 
 def main() -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    for name in T.get("only") or ATTEMPTS:
+    default = [name for name in ATTEMPTS if not name.endswith("_agent") and name != "agent_memory"]
+    for name in T.get("only") or default:
         report(name, ATTEMPTS[name])
     if T.get("daemon"):
         daemon()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -183,4 +182,3 @@ def test_no_confine_runs_unconfined(tmp_path: Path) -> None:
     assert confined.code != 0 and "PermissionError" in confined.stderr
     free = capsup_run(tmp_path, agent, extra=("--no-confine",))
     assert free.code == 0 and free.stdout.strip() == "True", free.stderr
-    assert sys.executable  # the same interpreter ran both

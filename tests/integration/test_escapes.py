@@ -11,6 +11,7 @@ the virtual environment) are set up here, outside the agent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import pty
@@ -31,9 +32,13 @@ from runner import CAPSUP, read_audit
 
 HOSTILE = Path(__file__).resolve().parent / "hostile_agent.py"
 ABSTRACT = f"capsup-escape-test-{os.getpid()}"
+_abstract_names = itertools.count()
 
 POLICY = """
 [agents.hostile]
+allow = []
+[agents.parent]
+may_spawn = ["hostile"]
 allow = []
 [supervisor]
 grace_period = 1
@@ -75,7 +80,8 @@ def make_targets(tmp_path: Path) -> Iterator[Targets]:
     unix.bind(unix_path)
     unix.listen()
     abstract = socket.socket(socket.AF_UNIX)
-    abstract.bind("\0" + ABSTRACT)
+    abstract_name = f"{ABSTRACT}-{next(_abstract_names)}"
+    abstract.bind("\0" + abstract_name)
     abstract.listen()
     dgram_path = str(tmp_path / "dgram.sock")
     dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -92,7 +98,7 @@ def make_targets(tmp_path: Path) -> Iterator[Targets]:
         "tcp_port": tcp.getsockname()[1],
         "udp_port": udp.getsockname()[1],
         "unix_path": unix_path,
-        "abstract": ABSTRACT,
+        "abstract": abstract_name,
         "unix_dgram": dgram_path,
     }
     yield Targets(values, config, tmp_path)
@@ -237,3 +243,49 @@ def test_no_confine_warns_in_one_line(both_runs: tuple[dict[str, Any], ...]) -> 
     ]
     assert len(warnings) == 1 and "--no-confine" in warnings[0]
     assert "capsup: warning" not in procs["confined"].stderr
+
+
+PARENT = """
+import json, os, sys
+from capsup.agents import connect
+targets = json.loads(sys.argv[2])
+targets["agent_pid"] = os.getpid()
+targets["only"] = ["signal_agent", "ptrace_agent", "agent_memory"]
+with connect() as client:
+    sub = client.spawn([sys.executable, sys.argv[1], json.dumps(targets)], name="hostile")
+    print(json.dumps({"sub_exit": client.wait(sub.agent_id, timeout=60)}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("confined", [True, False], ids=["confined", "unconfined"])
+def test_a_sub_agent_cannot_reach_its_parent_agent(tmp_path: Path, confined: bool) -> None:
+    """A sub-agent with nothing ptraced its parent agent and acted as it: each
+    confined agent is its own Landlock domain, so signals, ptrace and the
+    parent's /proc are out of its reach (and reachable unconfined)."""
+    with make_targets(tmp_path) as t:
+        parent = tmp_path / "code" / "parent.py"
+        parent.parent.mkdir()
+        parent.write_text(PARENT)
+        proc = subprocess.run(
+            [
+                *CAPSUP,
+                "run",
+                "--config",
+                str(t.config),
+                *([] if confined else ["--no-confine"]),
+                "--name",
+                "parent",
+                str(parent),
+                str(HOSTILE),
+                json.dumps(t.values),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    attempts = {line["attempt"]: line["worked"] for line in lines if "attempt" in line}
+    assert set(attempts) == {"signal_agent", "ptrace_agent", "agent_memory"}, proc.stdout
+    assert all(worked is not confined for worked in attempts.values()), attempts
