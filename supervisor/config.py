@@ -45,6 +45,11 @@ class Settings:
     tombstone_retention: float = 86400.0
     max_message_bytes: int = 1 << 20
     max_capabilities_per_agent: int = 10_000
+    #: Live sub-agents one agent may have, and live agents in all: each
+    #: costs the supervisor descriptors (a pidfd, a control socket, an
+    #: endpoint) and memory, which a spawning agent must not exhaust.
+    max_sub_agents: int = 64
+    max_agents: int = 1024
     #: "batch": agents run under SCHED_BATCH, so their wakeups never preempt
     #: the supervisor's loop; "inherit": they keep the supervisor's policy.
     agent_scheduling: str = "batch"
@@ -64,6 +69,8 @@ _NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
     "tombstone_retention": (int, float),
     "max_message_bytes": (int,),
     "max_capabilities_per_agent": (int,),
+    "max_sub_agents": (int,),
+    "max_agents": (int,),
 }
 #: The settings that take one of a few words.
 _CHOICE_SETTINGS: dict[str, frozenset[str]] = {

@@ -297,7 +297,9 @@ class ProcessTable:
                 if agent is not None:
                     return agent if agent.running else None
                 process = process.parent()
-        except psutil.Error:
+        except (psutil.Error, OSError):
+            # Gone, or /proc unreadable (out of descriptors): nobody, never
+            # an exception out of the loop.
             return None
         return None
 

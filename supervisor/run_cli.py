@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from capsup.agents.bootstrap import EXIT_CANNOT_START
 from capsup.agents.errors import AuditUnavailable
 from capsup.supervisor.cli import UsageError
 from capsup.supervisor.config import Config, ConfigError, load_config
+from capsup.supervisor.confinement.leftovers import RuntimeDir
 from capsup.supervisor.confinement.setup import ConfinementUnavailable
 from capsup.supervisor.runtime import MetricsUnavailable, Runtime, RuntimeOptions
 from capsup.supervisor.server import exit_code_of, new_trace_id
@@ -79,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise UsageError(f"{error}") from None
     grace = args.grace if args.grace is not None else config.settings.grace_period
-    runtime_dir = tempfile.mkdtemp(prefix="capsup-", dir=os.environ.get("XDG_RUNTIME_DIR"))
+    xdg_runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    runtime_dir = RuntimeDir(Path(xdg_runtime_dir) if xdg_runtime_dir else None)
     options = RuntimeOptions(
-        endpoint=f"ipc://{runtime_dir}/capsup.sock",
+        endpoint=f"ipc://{runtime_dir.path}/capsup.sock",
         state=args.state or ":memory:",
         audit_log=args.audit_log,
         metrics=args.metrics,
@@ -97,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         runtime = Runtime(config, options)
     except ConfinementUnavailable as error:
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        runtime_dir.remove()
         print(f"capsup: agent not started: {error}", file=sys.stderr)
         return EXIT_CANNOT_START
     except (MetricsUnavailable, StoreError, AuditUnavailable) as error:
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        runtime_dir.remove()
         raise UsageError(str(error)) from None
     with runtime:
         server = runtime.server
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             server.pending_signals.clear()
         server.stop_all()
         code = exit_code_of(agent)
-    shutil.rmtree(runtime_dir, ignore_errors=True)
+    runtime_dir.remove()
     return code
 
 

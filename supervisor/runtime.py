@@ -9,6 +9,7 @@ acknowledged is left in a buffer.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from capsup.supervisor.audit import (
     parse_head,
 )
 from capsup.supervisor.config import Config
+from capsup.supervisor.confinement.dumpable import make_undumpable
+from capsup.supervisor.confinement.leftovers import sweep_leftovers
 from capsup.supervisor.confinement.setup import Confiner
 from capsup.supervisor.events import Event, EventSink
 from capsup.supervisor.kernel import Kernel
@@ -71,6 +74,14 @@ class Runtime:
     """A supervisor, assembled from a config and the command line's options."""
 
     def __init__(self, config: Config, options: RuntimeOptions) -> None:
+        # First of all: no process of this user may read what follows from
+        # this one's memory (see confinement/dumpable.py).
+        make_undumpable()
+        # What a killed supervisor left: its runtime directory is a sibling
+        # of the one holding this one's endpoint (see confinement/leftovers.py).
+        runtime_dir = Path(options.endpoint.removeprefix("ipc://")).parent
+        for problem in sweep_leftovers(runtime_dir.parent):
+            print(f"capsup: warning: {problem}", file=sys.stderr)
         self.config = config
         self.store = Store(options.state)
         known = self.store.get_meta(HEAD_META_KEY)
@@ -120,6 +131,8 @@ class Runtime:
             observe_validation=self.metrics.observe_validation,
             on_idle=self.audit.flush_if_due,
             confiner=self.confiner,
+            max_sub_agents=config.settings.max_sub_agents,
+            max_agents=config.settings.max_agents,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
         self.metrics.running_agents_from(lambda: self.server.processes.running_count)

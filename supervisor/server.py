@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -51,6 +52,7 @@ from capsup.supervisor.derive import Delegation
 from capsup.supervisor.dispatch import dispatch_kernel_op
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
 from capsup.supervisor.kernel import Kernel
+from capsup.supervisor.peers import AcceptedConnections
 from capsup.supervisor.principal import OPERATOR, Principal
 from capsup.supervisor.processes import AgentProcess, ProcessTable, exit_status, new_agent_id
 
@@ -58,6 +60,8 @@ __all__ = ["Server", "exit_code_of", "new_trace_id"]
 
 #: Requests served per turn before agent exits and timers are looked at again.
 _BATCH = 64
+#: How long a peer has to complete the ZeroMQ handshake, in milliseconds.
+_HANDSHAKE_MS = 2000
 #: Pending ``wait`` calls on one agent; each costs memory and a timer.
 _MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
@@ -69,6 +73,8 @@ _RECV = int(zmq.NOBLOCK)
 # above (routing_id and group handling for draft socket types, which a
 # ROUTER never uses): half the cost of a send, and a reply is two.
 _send_frame = zmq.backend.Socket.send
+#: The C library, whose rand() seeds libzmq's routing id counters.
+_libc = ctypes.CDLL(None)
 
 
 #: Trace ids are this process's random prefix and a counter: unique within a
@@ -122,6 +128,8 @@ class Server:
         observe_validation: Callable[[float], None] | None = None,
         on_idle: Callable[[], None] | None = None,
         confiner: Confiner | None = None,
+        max_sub_agents: int = 64,
+        max_agents: int = 1024,
     ) -> None:
         if not endpoint.startswith("ipc://"):
             # Identity comes from SO_PEERCRED, which only a Unix socket has;
@@ -145,6 +153,8 @@ class Server:
         )
         self._sink = sink
         self._grace = grace_period
+        self._max_sub_agents = max_sub_agents
+        self._max_agents = max_agents
         self._max_bytes = max_message_bytes
         self._observe = observe_request
         self._observe_validation = observe_validation
@@ -158,7 +168,9 @@ class Server:
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind("inproc://zeromq.zap.01")
         self._socket = self._router(b"capsup", endpoint)
+        self._accepted = AcceptedConnections(self._socket)
         self._poller = zmq.Poller()
+        self._poller.register(self._accepted.monitor, zmq.POLLIN)
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._zap, zmq.POLLIN)
         self._peers: dict[str, _Peer] = {}
@@ -178,7 +190,15 @@ class Server:
 
     def _router(self, domain: bytes, endpoint: str) -> zmq.Socket[bytes]:
         """A ROUTER socket bound at ``endpoint`` whose connections the ZAP
-        handler judges under ``domain`` (``capsup``, or a confined agent's id)."""
+        handler judges under ``domain`` (``capsup``, or a confined agent's id).
+
+        libzmq assigns routing ids from a counter that starts at its C
+        library's ``rand()``, unseeded, so the same in every process: a peer
+        that names the next assigned id as its own makes the next ordinary
+        connection trip an assertion that aborts the supervisor. The counter
+        is drawn from a seed of 32 secret bits instead, so a peer can only
+        guess it (docs/protocol.md, "Routing ids")."""
+        _libc.srand(secrets.randbits(32))
         sock = self._context.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.ZAP_DOMAIN, domain)
@@ -191,6 +211,11 @@ class Server:
             sock.setsockopt(zmq.RCVHWM, 64)
             # A reply to a peer that vanished is dropped silently, not an error.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            # A local handshake takes well under a millisecond; a peer that
+            # stalls it holds a descriptor, and (on the shared endpoint) the
+            # time between its connect() and the pid lookup is a window for
+            # pid reuse. libzmq's default is 30 s.
+            sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
             sock.bind(endpoint)
         except BaseException:
             sock.close(linger=0)
@@ -386,6 +411,8 @@ class Server:
             controlled = self.processes.by_control(item) if isinstance(item, int) else None
             if controlled is not None:
                 self._on_control(controlled)
+        if self._accepted.monitor in ready or self._zap in ready:
+            self._accepted.drain()
         if self._zap in ready:
             self._answer_zap()
         for item in ready:
@@ -740,9 +767,16 @@ class Server:
         it to that agent's endpoint and nowhere else, so the peer is the
         supervisor's own pid. Anyone else there is nobody.
 
-        A peer that chose its own routing id is refused: agents never need
-        one, and a chosen id can collide with the ids the ROUTER assigns
-        (libzmq aborts on that) or take over a held ``wait`` reply."""
+        On the shared endpoint the pid is the one the kernel recorded at
+        ``connect()``, and the handshake may end much later: a pid some
+        connection's connector no longer holds is refused
+        (:class:`~capsup.supervisor.peers.AcceptedConnections`), and a
+        confined agent is never found there (it cannot connect there).
+
+        A routing id the peer chose is not in the ZAP request (its identity
+        frame is the ROUTER's own), so it cannot be refused here; see
+        :meth:`_router` for how a chosen id is kept from colliding with an
+        assigned one, and ``_assigned_by_router`` for held waits."""
         for _ in range(_BATCH):
             try:
                 request = self._zap.recv_multipart(zmq.NOBLOCK)
@@ -750,20 +784,16 @@ class Server:
                 return
             if len(request) < 5:
                 continue  # not a ZAP request libzmq would send; nothing to answer
-            version, request_id, domain, address, chosen_id = request[:5]
+            version, request_id, domain, address = request[:4]
             pid = _peer_pid(address.decode("ascii", "replace"))
-            status, user = self._judge_connection(domain, pid, chosen_id)
+            status, user = self._judge_connection(domain, pid)
             self._zap.send_multipart(
                 [version, request_id, status, b"OK" if status == b"200" else b"refused", user, b""]
             )
 
-    def _judge_connection(
-        self, domain: bytes, pid: int | None, chosen_id: bytes
-    ) -> tuple[bytes, bytes]:
+    def _judge_connection(self, domain: bytes, pid: int | None) -> tuple[bytes, bytes]:
         """The ZAP status and User-Id (``AGENT_ID|PID``, the id empty for
         nobody) of a new connection."""
-        if chosen_id:
-            return b"400", b""
         if domain != b"capsup":
             owner = self.processes.get(domain.decode("ascii", "replace"))
             if owner is not None and owner.running and owner.confinement is not None:
@@ -776,7 +806,19 @@ class Server:
                 if pid is not None and not brokered and self.processes.identify(pid) is owner:
                     return b"200", f"{owner.agent_id}|{pid}".encode()
             return b"200", f"|{pid or 0}".encode()
+        if pid is not None and not self._accepted.connector_alive(pid):
+            # Some connection from this pid was made by a process that has
+            # died since: the pid is another's now, and which connection this
+            # handshake belongs to cannot be told. Refuse; a genuine client
+            # reconnects once libzmq drops the dead one's (the handshake
+            # interval).
+            return b"400", b""
         agent = self.processes.identify(pid) if pid is not None else None
+        if agent is not None and agent.confinement is not None:
+            # A confined agent never connects here (its connect() reaches
+            # only its own endpoint): a process that looks like one of its
+            # tree is a stranger holding a recycled pid.
+            agent = None
         return b"200", f"{agent.agent_id if agent else ''}|{pid or 0}".encode()
 
     def _authenticate(self, user: str) -> _Peer:
@@ -850,6 +892,16 @@ class Server:
         # lists it in may_spawn; otherwise an agent could spawn a helper named
         # after a more privileged entry and be granted that entry's rights.
         policy_name = name if self.kernel.policy.may_spawn(peer.principal.name, name) else ""
+        # Quotas: every agent costs the supervisor descriptors and memory.
+        # spawn_failed, not not_authorized: the caller may spawn, and may
+        # again once an agent exits.
+        if self.processes.running_count >= self._max_agents:
+            quota = f"{self._max_agents} agents run already ([supervisor] max_agents)"
+            self._refuse(SpawnFailed(quota), peer, "spawn", trace_id)
+        live = sum(1 for c in map(self.processes.get, peer.agent.children) if c and c.running)
+        if live >= self._max_sub_agents:
+            quota = f"this agent has {live} live sub-agents ([supervisor] max_sub_agents)"
+            self._refuse(SpawnFailed(quota), peer, "spawn", trace_id)
         agent_id = new_agent_id(name)
         self.kernel.register_principal(Principal(agent_id, policy_name), parent=peer.agent.agent_id)
         delegated = []
@@ -955,6 +1007,7 @@ class Server:
         for router in self._routers:
             router.close(linger=0)
         self._routers.clear()
+        self._accepted.close()
         self._socket.close(linger=0)
         self._zap.close(linger=0)
         self._context.term()

@@ -13,18 +13,31 @@ those older than the retention, so a late use still answers ``revoked`` rather
 than ``unknown_capability``. Appending tombstones, sorted by id, is what makes
 revoking a 100,000-node tree one short transaction: updating the rows in place
 in random id order cost several times more.
+
+The file is its owner's alone (mode 0600), like the audit trail: it holds
+every capability id and the audit chain's head. The store creates it so
+before SQLite opens it, and SQLite gives the ``-wal`` and ``-shm`` files it
+makes beside it the database file's mode. An existing file (or ``-wal``,
+``-shm``, ``-journal``) that others may only read is narrowed to its owner:
+earlier versions of capsup made it 0644, and what it leaked it leaked
+already. One that others may write, or that another user owns, is refused
+with :class:`StoreError`: someone else may have rewritten it (an audit head
+to match a rewritten trail), and narrowing its mode now would not undo that.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from capsup.agents.capability import Capability
+from capsup.agents.confine._libc import describe_errno
 
 __all__ = ["SCHEMA_VERSION", "LoadedState", "Store", "StoreError", "Tombstone"]
 
@@ -55,6 +68,13 @@ CREATE TABLE ended (
     ended_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+#: The files besides the database that SQLite may have made, holding its data.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+#: How the store opens the state file and its companions to check them: to
+#: fstat and fchmod what it checked (no second lookup), without blocking on
+#: a FIFO put in the file's place.
+_CHECK_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 #: version -> the script that brings a store of version-1 up to it.
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
@@ -87,6 +107,8 @@ class Store:
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         self.path = str(path)
+        if self.path not in (":memory:", ""):
+            _make_private(self.path)
         try:
             # Autocommit mode: transactions are opened explicitly, one per
             # kernel operation, so that commit points are exactly the acks.
@@ -193,6 +215,69 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _make_private(path: str) -> None:
+    """Create the state file 0600 if it is missing; narrow an existing one
+    and its companions to their owner, or refuse them (see the module's
+    docstring). Raises :class:`StoreError`."""
+    try:
+        fd = os.open(path, _CHECK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise StoreError(
+            f"cannot create the state store {path}: {describe_errno(error.errno or 0)}"
+        ) from None
+    else:
+        try:
+            os.fchmod(fd, 0o600)  # exactly: the umask may have taken more
+        finally:
+            os.close(fd)
+    for name in (path, *(path + suffix for suffix in _COMPANIONS)):
+        # A companion is never followed: SQLite would write the database's
+        # pages wherever a planted symlink points.
+        flags = _CHECK_FLAGS if name == path else _CHECK_FLAGS | os.O_NOFOLLOW
+        try:
+            fd = os.open(name, flags)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StoreError(
+                f"cannot open the state store's {name}: {describe_errno(error.errno or 0)}"
+            ) from None
+        try:
+            _narrow(fd, name)
+        finally:
+            os.close(fd)
+
+
+def _narrow(fd: int, name: str) -> None:
+    """Narrow the file ``fd`` to its owner if others may only read it;
+    refuse it if it is not a regular file of this user's that only its
+    owner may write."""
+    info = os.fstat(fd)
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"the state store's {name} is not a regular file")
+    if info.st_uid != os.geteuid():
+        raise StoreError(
+            f"the state store's {name} belongs to uid {info.st_uid}, not to this user"
+            f" ({os.geteuid()}): it may have been rewritten; check it, then chown it"
+        )
+    if mode & 0o022:
+        raise StoreError(
+            f"the state store's {name} is writable by others (mode {mode:04o}): it may"
+            " have been rewritten; check it, then chmod 600 it"
+        )
+    if mode & 0o077:
+        try:
+            os.fchmod(fd, mode & 0o700)
+        except OSError as error:
+            raise StoreError(
+                f"cannot narrow the state store's {name} to its owner:"
+                f" {describe_errno(error.errno or 0)}"
+            ) from None
 
 
 class _Transaction:

@@ -32,6 +32,8 @@ c = connect()
 c.whoami()
 cap = c.request(f"file://{ws}", ["read", "list"], ttl=60, trace_id="T-GRANT")
 c.validate(cap, "read", f"{ws}/a.txt", trace_id="T-GRANT")
+# Confined, the agent reads the file through the broker: a file_operation.
+assert c.read_bytes(cap, f"{ws}/a.txt", trace_id="T-GRANT") == b"hello"
 for attempt in [
     lambda: c.validate(cap, "read", f"{ws}/../outside.txt", trace_id="T-CONSTRAINT"),
     lambda: c.request("file:///etc", ["read"], trace_id="T-DENIED"),
@@ -106,16 +108,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     (ws / "a.txt").write_text("hello")
     (tmp / "parent.py").write_text(textwrap.dedent(PARENT))
     (tmp / "child.py").write_text(textwrap.dedent(CHILD))
+    # The agents run confined, as by default. The child says it is ready
+    # with a file, so its policy entry (which the parent may spawn it under)
+    # grants it a directory of its own to write: not the trail's.
+    signals = tmp / "signals"
+    signals.mkdir()
     config = tmp / "capsup.toml"
     config.write_text(
-        "[agents.parent]\n"
+        '[agents.parent]\nmay_spawn = ["child"]\n'
         f'allow = [{{ resource = "file://{ws}", operations = ["read", "list"], '
         "max_ttl = 120, max_delegation_depth = 2 }]\n"
-        "[agents.child]\nallow = []\n"
+        f'[agents.child]\nallow = []\nsandbox = {{ write = ["{signals}"] }}\n'
     )
     trail, state = tmp / "audit.jsonl", tmp / "state.db"
     command = [CAPSUP, "run", "--config", config, "--state", state, "--audit-log", trail]
-    agent = [tmp / "parent.py", ws, tmp / "child.py", tmp / "ready"]
+    agent = [tmp / "parent.py", ws, tmp / "child.py", signals / "ready"]
     done = subprocess.run(
         [*command, *agent],
         capture_output=True,
@@ -151,11 +158,18 @@ def test_one_trace_ties_request_grant_use_delegation_and_cascade(
         "capability_requested",
         "capability_granted",
         "capability_validated",
+        "file_operation",
         "capability_delegated",
     ):
         assert needed in events, events
     assert events.index("capability_requested") < events.index("capability_granted")
     root = next(r for r in story if r["event"] == "capability_granted")
+    # The brokered read: what it used, what it touched and what came of it.
+    (read,) = [r for r in story if r["event"] == "file_operation"]
+    assert (read["capability_id"], read["resource"]) == (root["capability_id"], root["resource"])
+    assert (read["operation"], read["decision"], read["reason"]) == ("read", "allow", None)
+    path = root["resource"].removeprefix("file://") + "/a.txt"
+    assert read["detail"] == {"target": path, "path": path, "bytes": 5, "result": "ok"}
     delegated = next(r for r in story if r["event"] == "capability_delegated")
     assert delegated["parent_id"] == root["capability_id"]
     revoked = [r for r in story if r["event"] == "capability_revoked"]

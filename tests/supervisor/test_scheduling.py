@@ -87,7 +87,9 @@ def test_an_operators_policy_is_left_alone() -> None:
 
 
 # An agent that notes its own policy, spawns a sub-agent that notes its own,
-# and waits for it. Policies go to files named after the process's role.
+# and waits for it. Policies go to files named after the process's role (in
+# the test's directory, which both have as a sandbox write grant: they run
+# confined, as by default).
 REPORTER = """
 import os, sys
 from pathlib import Path
@@ -97,7 +99,7 @@ role = sys.argv[2]
 if role == "agent":
     from capsup.agents import connect
     client = connect()
-    helper = client.spawn([sys.executable, __file__, str(out), "sub-agent"])
+    helper = client.spawn([sys.executable, __file__, str(out), "sub-agent"], name="sub-agent")
     assert client.wait(helper, timeout=30) == 0
 """
 
@@ -111,8 +113,16 @@ def test_agents_and_their_sub_agents_run_under_the_configured_policy(
 ) -> None:
     script = tmp_path / "reporter.py"
     script.write_text(textwrap.dedent(REPORTER))
+    grant = {"write": [str(tmp_path)]}
+    policy = {
+        "agents": {
+            "agent": {"may_spawn": ["sub-agent"], "sandbox": grant},
+            "sub-agent": {"sandbox": grant},
+        },
+        "supervisor": setting,
+    }
     runtime = Runtime(
-        parse_config({"supervisor": setting}, source="<test>"),
+        parse_config(policy, source="<test>"),
         RuntimeOptions(endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(tmp_path / "a")),
     )
     try:

@@ -7,7 +7,9 @@ out only while the agent that asked still runs, and is never deferred on a
 connection that chose its own id (which any process may claim once free).
 
 A real supervisor (Runtime) in this process, real agent processes, and
-DEALER sockets of the test's own standing in for a stranger.
+DEALER sockets of the test's own standing in for a stranger. The agents run
+confined, as by default: the parent and its sleeper have the test's
+directory as a sandbox write grant, for the files they signal with.
 """
 
 from __future__ import annotations
@@ -43,14 +45,23 @@ while not (home / "release").exists():
 @pytest.fixture
 def runtime(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runtime]:
     """A supervisor whose grace period is the test's ``grace`` mark, or 30 s
-    (so that the sleeper ends when the test says so)."""
+    (so that the sleeper ends when the test says so), confined unless the
+    test parametrizes this fixture (indirectly) with another ``confine``."""
     mark = request.node.get_closest_marker("grace")
+    grant = {"write": [str(tmp_path)]}
+    policy = {
+        "agents": {
+            "parent": {"may_spawn": ["sleeper"], "sandbox": grant},
+            "sleeper": {"sandbox": grant},
+        }
+    }
     rt = Runtime(
-        parse_config({}, source="<test>"),
+        parse_config(policy, source="<test>"),
         RuntimeOptions(
             endpoint=f"ipc://{tmp_path}/capsup.sock",
             audit_log=str(tmp_path / "audit.jsonl"),
             grace_period=mark.args[0] if mark else 30.0,
+            confine=getattr(request, "param", "required"),
         ),
     )
     yield rt
@@ -72,7 +83,7 @@ import os, pathlib, sys, time
 from capsup.agents import WaitTimeout, connect
 home = pathlib.Path(sys.argv[1])
 client = connect()
-sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)])
+sub = client.spawn([sys.executable, str(home / "sleeper.py"), str(home)], name="sleeper")
 """
 
 
@@ -84,6 +95,13 @@ def start(tmp_path: Path, runtime: Runtime, then: str) -> AgentProcess:
     return runtime.server.start_agent([sys.executable, str(script), str(tmp_path)], name="parent")
 
 
+# Unconfined, the asker shares the one ROUTER with strangers, so a stranger
+# can take the asker's very routing id on the socket the late answer goes
+# out on: only the check that the asker still runs keeps it from the
+# stranger (this case is about unconfined agents, hence confine = "off").
+# Confined, the asker asked on its own endpoint, closed when it exits: a
+# stranger can take the id only on the shared endpoint, and gets nothing.
+@pytest.mark.parametrize("runtime", ["off", "required"], indirect=True)
 def test_a_late_answer_never_reaches_a_stranger_holding_the_askers_routing_id(
     tmp_path: Path, runtime: Runtime
 ) -> None:
@@ -99,6 +117,7 @@ def test_a_late_answer_never_reaches_a_stranger_holding_the_askers_routing_id(
     drive(runtime, (tmp_path / "sleeping").exists, "the sub-agent to ignore SIGTERM")
     ((child_id, (waiter,)),) = server._waiters.items()
     routing_id = waiter.envelope[0]
+    assert (waiter.sock is server._socket) is (runtime.confiner is None)
     os.kill(agent.pid, signal.SIGKILL)
     drive(runtime, lambda: not agent.running, "the parent's exit")
 
