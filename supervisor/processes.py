@@ -205,8 +205,18 @@ class ProcessTable:
                 if endpoint is None:
                     raise ValueError("a confined agent needs an endpoint of its own")
                 path = endpoint.removeprefix("ipc://")
+                parent_agent = self._by_id.get(parent) if parent is not None else None
                 confinement = self.confiner.prepare(
-                    agent_id, argv, policy_name, endpoint_path=path, control_fd=agent_end.fileno()
+                    agent_id,
+                    argv,
+                    policy_name,
+                    endpoint_path=path,
+                    control_fd=agent_end.fileno(),
+                    parent=(
+                        parent_agent.confinement.plan
+                        if parent_agent is not None and parent_agent.confinement is not None
+                        else None
+                    ),
                 )
                 env.update(confinement.environment())
             agent = self._start(

@@ -31,6 +31,7 @@ from capsup.supervisor.events import Event, EventSink
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
 from capsup.supervisor.principal import OPERATOR
+from capsup.supervisor.refusal_limit import RefusalLimiter
 from capsup.supervisor.server import Server, new_trace_id
 from capsup.supervisor.store import Store
 
@@ -68,6 +69,17 @@ def run_audit_path() -> Path:
     sessions never interleave two writers in one hash chain."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     return default_audit_path().parent / "runs" / f"{stamp}-{os.getpid()}.jsonl"
+
+
+def _protected_paths(config: Config, options: RuntimeOptions, trail: Path) -> tuple[str, ...]:
+    """What no agent's code grant may cover: the policy, the state, the trail
+    (the runtime directory the confiner adds itself)."""
+    paths = [str(trail)]
+    if config.source and Path(config.source).is_file():
+        paths.append(config.source)
+    if options.state and options.state != ":memory:":
+        paths.append(options.state)
+    return tuple(str(Path(p).resolve()) for p in paths)
 
 
 class Runtime:
@@ -114,22 +126,32 @@ class Runtime:
                     "required" if mode == "required" else "best-effort",
                     Path(options.endpoint.removeprefix("ipc://")).parent,
                     config.sandboxes,
+                    protected=_protected_paths(config, options, self.audit.path),
                 )
             except BaseException:
                 self.audit.close()
                 self.store.close()
                 raise
+        # The server's refusals pass a budget before the trail; the kernel's
+        # records do not (supervisor/refusal_limit.py).
+        self.refusals = RefusalLimiter(
+            sink,
+            self.metrics,
+            trace_ids=new_trace_id,
+            rate=config.settings.refusal_records_per_second,
+            burst=config.settings.refusal_records_burst,
+        )
         self.server = Server(
             self.kernel,
             options.endpoint,
-            sink=sink,
+            sink=self.refusals,
             grace_period=options.grace_period,
             batch_agents=config.settings.agent_scheduling == "batch",
             pass_environment=config.settings.pass_environment,
             max_message_bytes=config.settings.max_message_bytes,
             observe_request=self.metrics.observe_request,
             observe_validation=self.metrics.observe_validation,
-            on_idle=self.audit.flush_if_due,
+            on_idle=self._on_idle,
             confiner=self.confiner,
             max_sub_agents=config.settings.max_sub_agents,
             max_agents=config.settings.max_agents,
@@ -156,6 +178,12 @@ class Runtime:
                 OPERATOR, holder, now=time.time(), trace_id=trace_id, cause="holder_gone"
             )
 
+    def _on_idle(self) -> None:
+        try:
+            self.refusals.summarize_due()
+        finally:
+            self.audit.flush_if_due()
+
     def _remember_head(self, seq: int, digest: str) -> None:
         self.store.set_meta(HEAD_META_KEY, format_head(AuditHead(seq, digest)))
 
@@ -166,7 +194,11 @@ class Runtime:
                 self.confiner.close()
         finally:
             try:
-                self.audit.close()
+                # What the refusal budget held back goes on file before the trail closes.
+                try:
+                    self.refusals.close()
+                finally:
+                    self.audit.close()
             finally:
                 self.store.close()
                 if self.metrics_server is not None:

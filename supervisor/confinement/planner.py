@@ -29,6 +29,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,29 +71,52 @@ def runtime_paths() -> tuple[str, ...]:
     return _unique(paths)
 
 
-def code_paths(argv: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def code_paths(
+    argv: Sequence[str],
+    *,
+    protected: Sequence[str] = (),
+    parent: ConfinementPlan | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(read_exec, read_only)`` for the agent's own code.
 
     The program itself, when it lies outside the runtime, may be executed
     (``./agent.sh``); the directory of the first argument that is a file
     (``python agent.py``, ``node agent.js``, next to its ``node_modules``)
-    is readable. A directory that is ``/`` or the home directory would undo
-    the sandbox, so there only the file itself is granted."""
+    is readable. A directory that would grant too much (``/``, the home
+    directory, the temporary directory, or one that holds a ``protected``
+    path: the runtime directory, the policy, the state, the trail) is
+    narrowed to the file itself.
+
+    A sub-agent's argv is chosen by its parent, an agent: naming a file
+    there must not be a way to read it. So a sub-agent (``parent`` is the
+    parent's plan) is granted only what its parent may already read."""
     runtime = runtime_paths()
     read_exec: list[str] = []
     program = shutil.which(argv[0]) if argv else None
     if program is not None:
-        resolved = os.path.realpath(program)
+        resolved = str(Path(program).resolve())
         if not any(_within(resolved, root) for root in runtime):
             read_exec.append(resolved)
     read_only: list[str] = []
     for arg in argv[1:]:
         if not arg.startswith("-") and Path(arg).is_file():
             script = Path(arg).resolve()
-            too_wide = script.parent in (Path("/"), Path.home().resolve())
-            read_only.append(str(script if too_wide else script.parent))
+            wide = _too_wide(script.parent, protected)
+            read_only.append(str(script if wide else script.parent))
             break
+    if parent is not None:
+        readable = (*parent.read_exec, *parent.read_only, *parent.read_write)
+        read_exec = [p for p in read_exec if any(_within(p, r) for r in parent.read_exec)]
+        read_only = [p for p in read_only if any(_within(p, r) for r in readable)]
     return tuple(read_exec), tuple(read_only)
+
+
+def _too_wide(directory: Path, protected: Sequence[str]) -> bool:
+    """Whether granting ``directory`` would grant more than an agent's code."""
+    broad = {Path("/"), Path.home().resolve(), Path(tempfile.gettempdir()).resolve()}
+    if directory in broad:
+        return True
+    return any(_within(str(Path(p).resolve()), str(directory)) for p in protected)
 
 
 def terminal_devices() -> tuple[str, ...]:
@@ -114,11 +138,14 @@ def build_plan(
     control_fd: int,
     cgroup_procs: str | None,
     support: Support,
+    protected: Sequence[str] = (),
+    parent: ConfinementPlan | None = None,
 ) -> ConfinementPlan:
-    """The plan for an agent started as ``argv``. In ``best-effort`` mode a
-    step this machine cannot take is left out (and named in ``missing``); in
-    ``required`` mode the caller refuses to start before it gets here."""
-    code_exec, code_read = code_paths(argv)
+    """The plan for an agent started as ``argv`` (by ``parent``, for a
+    sub-agent). In ``best-effort`` mode a step this machine cannot take is
+    left out (and named in ``missing``); in ``required`` mode the caller
+    refuses to start before it gets here."""
+    code_exec, code_read = code_paths(argv, protected=protected, parent=parent)
     shm = SHM_BYTES if support.shm else 0
     missing = support.missing
     return ConfinementPlan(

@@ -101,6 +101,7 @@ class Confiner:
         sandboxes: Mapping[str, Sandbox] | None = None,
         *,
         support: Support | None = None,
+        protected: Sequence[str] = (),
     ) -> None:
         self.mode = mode
         self.support = support or probe()
@@ -111,6 +112,9 @@ class Confiner:
                 "`capsup run --no-confine` runs agents anyway)"
             )
         self._sandboxes = dict(sandboxes or {})
+        #: Paths no agent's code grant may cover: the runtime directory, the
+        #: policy, the state, the trail.
+        self._protected = (str(runtime_dir), *protected)
         self._scratch_root = runtime_dir / "scratch"
         self._scratch_root.mkdir(mode=0o700, exist_ok=True)
         self._cgroups = CgroupManager.detect() if self.support.cgroups else None
@@ -128,8 +132,10 @@ class Confiner:
         *,
         endpoint_path: str,
         control_fd: int,
+        parent: ConfinementPlan | None = None,
     ) -> AgentConfinement:
-        """Make what ``agent_id`` needs before it starts, and its plan."""
+        """Make what ``agent_id`` needs before it starts, and its plan
+        (``parent``: the plan of the agent that spawns it, if one does)."""
         sandbox = self._sandboxes.get(policy_name, DEFAULT_SANDBOX)
         scratch = make_scratch(self._scratch_root, str(next(self._scratch_names)))
         cgroup: AgentCgroup | None = None
@@ -144,6 +150,8 @@ class Confiner:
                 control_fd=control_fd,
                 cgroup_procs=cgroup.procs_path if cgroup is not None else None,
                 support=self.support,
+                protected=self._protected,
+                parent=parent,
             )
         except BaseException:
             if cgroup is not None:

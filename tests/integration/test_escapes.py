@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import pwd
+import shutil
 import socket
 import subprocess
 import sysconfig
@@ -266,6 +267,9 @@ def test_a_sub_agent_cannot_reach_its_parent_agent(tmp_path: Path, confined: boo
         parent = tmp_path / "code" / "parent.py"
         parent.parent.mkdir()
         parent.write_text(PARENT)
+        # The sub-agent's script lies in the parent's code directory: a
+        # sub-agent may read only what its parent may.
+        hostile = shutil.copy(HOSTILE, parent.parent / HOSTILE.name)
         proc = subprocess.run(
             [
                 *CAPSUP,
@@ -276,7 +280,7 @@ def test_a_sub_agent_cannot_reach_its_parent_agent(tmp_path: Path, confined: boo
                 "--name",
                 "parent",
                 str(parent),
-                str(HOSTILE),
+                str(hostile),
                 json.dumps(t.values),
             ],
             capture_output=True,
@@ -289,3 +293,69 @@ def test_a_sub_agent_cannot_reach_its_parent_agent(tmp_path: Path, confined: boo
     attempts = {line["attempt"]: line["worked"] for line in lines if "attempt" in line}
     assert set(attempts) == {"signal_agent", "ptrace_agent", "agent_memory"}, proc.stdout
     assert all(worked is not confined for worked in attempts.values()), attempts
+
+
+SPAWNER = """
+import json, sys
+from capsup.agents import connect
+secret = sys.argv[1]
+reader = "import sys; print(open(sys.argv[1]).read())"
+with connect() as client:
+    sub = client.spawn([sys.executable, "-c", reader, secret])
+    print(json.dumps({"sub_exit": client.wait(sub.agent_id, timeout=60)}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("confined", [True, False], ids=["confined", "unconfined"])
+def test_naming_a_file_in_a_sub_agents_argv_grants_nothing(tmp_path: Path, confined: bool) -> None:
+    """A sub-agent's argv is the parent's choice: a file named there must not
+    become readable to it (the planner grants a sub-agent only what its
+    parent may already read)."""
+    with make_targets(tmp_path) as t:
+        code = tmp_path / "code"
+        code.mkdir()
+        (code / "spawner.py").write_text(SPAWNER)
+        proc = subprocess.run(
+            [
+                *CAPSUP,
+                "run",
+                "--config",
+                str(t.config),
+                *([] if confined else ["--no-confine"]),
+                "--name",
+                "parent",
+                str(code / "spawner.py"),
+                t.values["secret"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert ("the operator's secret" in proc.stdout) is not confined, proc.stdout
+    exit_line = json.loads(proc.stdout.splitlines()[-1])
+    assert (exit_line["sub_exit"] != 0) is confined
+
+
+def test_an_agent_beside_the_policy_cannot_read_it(tmp_path: Path) -> None:
+    """An agent script that lies in the policy's directory gets only itself:
+    its directory would hold the policy, the trail or the state."""
+    with make_targets(tmp_path) as t:
+        agent = tmp_path / "beside.py"
+        agent.write_text(
+            "import sys\n"
+            "try:\n"
+            f"    open({str(t.config)!r}).read(); print('read')\n"
+            "except PermissionError:\n"
+            "    print('refused')\n"
+        )
+        proc = subprocess.run(
+            [*CAPSUP, "run", "--config", str(t.config), "--name", "hostile", str(agent)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "refused"

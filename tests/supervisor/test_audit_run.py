@@ -106,8 +106,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     ws = tmp / "ws"
     ws.mkdir()
     (ws / "a.txt").write_text("hello")
-    (tmp / "parent.py").write_text(textwrap.dedent(PARENT))
-    (tmp / "child.py").write_text(textwrap.dedent(CHILD))
+    # The agents' code lies apart from the trail and the state: an agent's
+    # code directory is readable to it (and to the sub-agents it starts).
+    code = tmp / "code"
+    code.mkdir()
+    (code / "parent.py").write_text(textwrap.dedent(PARENT))
+    (code / "child.py").write_text(textwrap.dedent(CHILD))
     # The agents run confined, as by default. The child says it is ready
     # with a file, so its policy entry (which the parent may spawn it under)
     # grants it a directory of its own to write: not the trail's.
@@ -122,7 +126,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     )
     trail, state = tmp / "audit.jsonl", tmp / "state.db"
     command = [CAPSUP, "run", "--config", config, "--state", state, "--audit-log", trail]
-    agent = [tmp / "parent.py", ws, tmp / "child.py", signals / "ready"]
+    agent = [code / "parent.py", ws, code / "child.py", signals / "ready"]
     done = subprocess.run(
         [*command, *agent],
         capture_output=True,
