@@ -181,11 +181,18 @@ class Server:
         self._poller.register(self._signals_r.fileno(), zmq.POLLIN)
         self.pending_signals: list[int] = []
         self._reaping_orphans = False
+        self._restore_sigchld: Callable[[], None] | None = None
         if confiner is not None and threading.current_thread() is threading.main_thread():
             # The supervisor is a subreaper: an agent's orphans come back to
             # it, and their SIGCHLD wakes the loop to reap them.
-            signal.set_wakeup_fd(self._signals_w.fileno(), warn_on_full_buffer=False)
-            signal.signal(signal.SIGCHLD, self._record_signal)
+            wakeup = signal.set_wakeup_fd(self._signals_w.fileno(), warn_on_full_buffer=False)
+            handler = signal.signal(signal.SIGCHLD, self._record_signal)
+
+            def restore() -> None:
+                signal.signal(signal.SIGCHLD, handler)
+                signal.set_wakeup_fd(wakeup)
+
+            self._restore_sigchld = restore
             self._reaping_orphans = True
 
     def _router(self, domain: bytes, endpoint: str) -> zmq.Socket[bytes]:
@@ -1011,6 +1018,8 @@ class Server:
         self._socket.close(linger=0)
         self._zap.close(linger=0)
         self._context.term()
+        if self._restore_sigchld is not None:
+            self._restore_sigchld()
         self._signals_r.close()
         self._signals_w.close()
 
