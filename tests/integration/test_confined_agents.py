@@ -4,6 +4,7 @@ descriptors holds. Real `capsup run`, real agents."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 from pathlib import Path
@@ -182,3 +183,18 @@ def test_no_confine_runs_unconfined(tmp_path: Path) -> None:
     assert confined.code != 0 and "PermissionError" in confined.stderr
     free = capsup_run(tmp_path, agent, extra=("--no-confine",))
     assert free.code == 0 and free.stdout.strip() == "True", free.stderr
+
+
+def test_sandbox_check_exits_non_zero_when_required_cannot_be_met(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a kernel without Landlock's scopes, `sandbox-check` says so on the
+    guarantee's own line and exits 1."""
+    from capsup.supervisor import sandbox_cli
+
+    weak = Support(landlock_abi=5, seccomp=True, shm=True, cgroups="v1", subreaper=True, root=False)
+    monkeypatch.setattr(sandbox_cli, "probe", lambda: weak)
+    assert sandbox_cli.check(argparse.Namespace()) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("landlock scope") and "MISSING" in line for line in lines)
+    assert lines[-1].startswith('confine = "required" cannot be met here (missing: landlock scope')
