@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgpack
 import msgpack.fallback as msgpack_fallback
@@ -36,6 +36,7 @@ from capsup.agents.errors import (
 __all__ = [
     "MAX_CONSTRAINTS_BYTES",
     "MAX_DEPTH",
+    "MAX_ENTRIES",
     "MAX_FILE_OFFSET",
     "MAX_ID_LENGTH",
     "MAX_IO_BYTES",
@@ -46,8 +47,12 @@ __all__ = [
     "MAX_RESOURCE_LENGTH",
     "MAX_SPAWN_ARGV",
     "MAX_SPAWN_CAPABILITIES",
+    "MAX_VALUES",
     "OPEN_MODES",
     "PROTOCOL_VERSION",
+    "REPLY_LIMITS",
+    "REQUEST_LIMITS",
+    "DecodeLimits",
     "DelegateArgs",
     "DeleteArgs",
     "FileOpArgs",
@@ -139,9 +144,22 @@ MAX_FILE_OFFSET: Final = (1 << 63) - 1
 #: ``open``'s modes, as ``builtins.open`` spells them without ``b`` or ``t``.
 OPEN_MODES: Final = ("r", "w", "a", "x", "r+")
 
-# Lists and maps longer than this are refused while decoding, before Python
-# objects are built for them; nothing legitimate comes close.
-_MAX_CONTAINER_LEN: Final = 65536
+#: Most entries (items, or key and value pairs) in one array or map of a
+#: request: spawn's argv is the longest array the protocol has, and no map
+#: comes near it (the free-form ones, metadata and constraints, are bounded
+#: by their encoded size as well). Refused at the header, before anything
+#: is built for the entries.
+MAX_ENTRIES: Final = MAX_SPAWN_ARGV
+#: Most values in one request, at every depth together: each map key and
+#: value, each array item, each map and array. Decoding costs the loop per
+#: value, not per byte (a MiB of empty arrays took 420 ms, a MiB of bin
+#: 0.1 ms), so this, not the message size, bounds the time one message can
+#: take: a request of more than this many bytes has its values counted from
+#: the headers before it is decoded, and is refused at the header that
+#: takes it past the limit (at worst about 1.7 ms on the benchmark machine,
+#: benchmarks/flood.py). A spawn with a full argv and 64 capabilities of a
+#: few operations each holds about 2,000.
+MAX_VALUES: Final = 8192
 # An error message quotes at most this much of what the client sent.
 _QUOTE_LENGTH: Final = 64
 
@@ -194,29 +212,56 @@ def encode(obj: Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     return data
 
 
-def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+class DecodeLimits(NamedTuple):
+    """What one decoded message may hold, besides its size in bytes."""
+
+    #: Entries in any one array or map.
+    entries: int
+    #: Values in all (see :data:`MAX_VALUES`); None: not counted.
+    values: int | None
+    #: The longest bin; None: as long as the message allows.
+    bin_bytes: int | None
+
+
+#: Requests come from processes the supervisor does not trust.
+REQUEST_LIMITS: Final = DecodeLimits(MAX_ENTRIES, MAX_VALUES, MAX_IO_BYTES)
+#: Replies come from the supervisor, which its client trusts, and can be
+#: longer than any request: a ``list`` of 10,000 capabilities, a ``listdir``.
+REPLY_LIMITS: Final = DecodeLimits(65536, None, None)
+
+
+def decode(
+    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, limits: DecodeLimits = REQUEST_LIMITS
+) -> Any:
     """Decode exactly one msgpack value from untrusted bytes.
 
-    Size is checked before parsing and container lengths while parsing, so a
-    hostile message cannot make the reader allocate much more than its own
-    size. Extension types (the timestamp included) are refused: a client in
-    another language must never need them. Every map key must be a string,
-    at every depth, and nesting is bounded.
+    Size is checked before parsing, the number of values (for a message
+    long enough to hold too many) before decoding, and the length of each
+    array, map and bin at its header, so a hostile message cannot make the
+    reader build much: see :data:`MAX_VALUES`. Extension types (the
+    timestamp included) are refused: a client in another language must
+    never need them. Every map key must be a string, at every depth, and
+    nesting is bounded.
     """
     if len(data) > max_bytes:
         raise MessageTooLarge(f"message is {len(data)} bytes, more than the {max_bytes} allowed")
     if not data:
         raise BadRequest("empty message: expected one msgpack value")
+    if limits.values is not None and len(data) > limits.values:
+        # Every value takes a byte at least: a shorter message cannot hold too many.
+        _value_end(data, 0, limits)
     try:
         value = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             use_list=True,
+            # A str costs what copying its bytes costs, and statements and
+            # argv entries are bounded by nothing smaller than the message.
             max_str_len=max_bytes,
-            max_bin_len=max_bytes,
-            max_array_len=_MAX_CONTAINER_LEN,
-            max_map_len=_MAX_CONTAINER_LEN,
+            max_bin_len=max_bytes if limits.bin_bytes is None else limits.bin_bytes,
+            max_array_len=limits.entries,
+            max_map_len=limits.entries,
             max_ext_len=0,
         )
     except msgpack.ExtraData:
@@ -231,6 +276,93 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         raise BadRequest(f"not valid msgpack: {exc}") from None
     _check_tree(value, 1)
     return value
+
+
+# What each msgpack format's first byte starts (msgpack spec, "Formats"):
+# a scalar of a fixed total size, a str or bin whose length follows in N
+# bytes, or an array or map whose length follows in N bytes (0: in the
+# first byte). ext and the reserved 0xc1 are missing: decoding refuses them.
+_SCALAR, _BLOB, _ARRAY, _MAP = range(4)
+
+
+def _formats() -> tuple[tuple[int, int] | None, ...]:
+    table: list[tuple[int, int] | None] = [None] * 256
+    for first in (*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3):
+        table[first] = (_SCALAR, 1)  # fixints, nil, false, true
+    for first in range(0xA0, 0xC0):
+        table[first] = (_SCALAR, 1 + (first & 0x1F))  # fixstr
+    for first in range(0x80, 0x90):
+        table[first] = (_MAP, 0)
+    for first in range(0x90, 0xA0):
+        table[first] = (_ARRAY, 0)
+    for first, size in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9)):
+        table[first] = (_SCALAR, size)  # floats, uints
+    for first, size in ((0xD0, 2), (0xD1, 3), (0xD2, 5), (0xD3, 9)):
+        table[first] = (_SCALAR, size)  # ints
+    for first, length_bytes in ((0xC4, 1), (0xC5, 2), (0xC6, 4), (0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        table[first] = (_BLOB, length_bytes)  # bin, str
+    for first, kind, length_bytes in (
+        (0xDC, _ARRAY, 2),
+        (0xDD, _ARRAY, 4),
+        (0xDE, _MAP, 2),
+        (0xDF, _MAP, 4),
+    ):
+        table[first] = (kind, length_bytes)
+    return tuple(table)
+
+
+_FORMATS: Final = _formats()
+
+
+def _value_end(data: bytes, pos: int, limits: DecodeLimits) -> int | None:
+    """Where the value that starts at ``pos`` ends, found from its headers
+    without building anything; refuses it past ``limits`` (values, entries,
+    depth) at the first header that takes it there.
+
+    None for anything it cannot read (ext, reserved bytes, truncation):
+    the decoder refuses that with a precise message."""
+    assert limits.values is not None
+    formats = _FORMATS
+    end = len(data)
+    values = 0
+    todo = 1  # values left in the innermost open array or map
+    enclosing: list[int] = []  # values left in each array or map around it
+    while True:
+        while not todo:
+            if not enclosing:
+                return pos if pos <= end else None
+            todo = enclosing.pop()
+        todo -= 1
+        values += 1
+        if pos >= end:
+            return None
+        first = data[pos]
+        form = formats[first]
+        if form is None:
+            return None
+        kind, size = form
+        if kind == _SCALAR:
+            pos += size
+            continue
+        if size:
+            length = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+            pos += 1 + size
+        else:
+            length = first & 0x0F
+            pos += 1
+        if kind == _BLOB:
+            pos += length
+            continue
+        if length > limits.entries:
+            raise BadRequest(f"an array or map of {length} entries, more than {limits.entries}")
+        if len(enclosing) >= MAX_DEPTH:
+            raise BadRequest(f"message nested deeper than {MAX_DEPTH} levels")
+        count = length if kind == _ARRAY else 2 * length
+        if values + count > limits.values:
+            raise BadRequest(f"message holds more than {limits.values} values")
+        if count:
+            enclosing.append(todo)
+            todo = count
 
 
 def _check_tree(value: Any, depth: int) -> None:
@@ -372,28 +504,58 @@ def best_effort_ids(data: bytes) -> tuple[RequestId | None, str | None]:
 
 # The envelope has at most four keys; looking further only helps an attacker.
 _SALVAGE_KEYS: Final = 8
+# What looking for the ids may skip of each of those values: a str or bin
+# of any length costs nothing to skip, each value inside an array or map
+# does, and a stranger's message is read nowhere else.
+_SALVAGE_LIMITS: Final = DecodeLimits(MAX_ENTRIES, 1024, None)
+# Keys and ids are scalars: an array or map where one is expected ends the
+# search at its header.
+_SCALAR_LIMITS: Final = DecodeLimits(0, 1, None)
+# The longest key or id worth decoding: a trace id of 128 characters, as
+# UTF-8, with its header. Anything longer is neither.
+_SALVAGE_SCALAR_BYTES: Final = 4 * MAX_ID_LENGTH + 3
 
 
 def _salvage(data: bytes) -> tuple[RequestId | None, str | None]:
-    # Read the top-level map key by key and skip values without building
-    # them, so an id survives an oversized, truncated or ill-typed message.
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1), max_ext_len=0
-    )
-    unpacker.feed(data)
+    # Walk the top-level map key by key, finding where each key and value
+    # ends from the headers alone, so an id survives an oversized,
+    # truncated or ill-typed message, and nothing is copied or built but
+    # the few short scalars that may be a key or an id.
     request_id: RequestId | None = None
     trace_id: str | None = None
     # Best effort by definition: any failure just ends the search.
     with contextlib.suppress(Exception):
-        for _ in range(min(unpacker.read_map_header(), _SALVAGE_KEYS)):
-            key = unpacker.unpack()
+        first = data[0]
+        if 0x80 <= first <= 0x8F:
+            entries, pos = first & 0x0F, 1
+        elif first in (0xDE, 0xDF):
+            size = 2 if first == 0xDE else 4
+            entries, pos = int.from_bytes(data[1 : 1 + size], "big"), 1 + size
+        else:
+            return None, None
+        for _ in range(min(entries, _SALVAGE_KEYS)):
+            key_end = _value_end(data, pos, _SCALAR_LIMITS)
+            if key_end is None:
+                break
+            key = _short_scalar(data, pos, key_end)
+            wanted = key in ("id", "trace_id")
+            end = _value_end(data, key_end, _SCALAR_LIMITS if wanted else _SALVAGE_LIMITS)
+            if end is None:
+                break
             if key == "id":
-                request_id = _check_request_id(unpacker.unpack())
+                request_id = _check_request_id(_short_scalar(data, key_end, end))
             elif key == "trace_id":
-                trace_id = _check_trace_id(unpacker.unpack())
-            else:
-                unpacker.skip()
+                trace_id = _check_trace_id(_short_scalar(data, key_end, end))
+            pos = end
     return request_id, trace_id
+
+
+def _short_scalar(data: bytes, start: int, end: int) -> Any:
+    """The scalar in ``data[start:end]`` if it is short enough to be a key
+    or an id, else None."""
+    if end - start > _SALVAGE_SCALAR_BYTES:
+        return None
+    return msgpack.unpackb(data[start:end], raw=False, max_ext_len=0)
 
 
 # -- replies ----------------------------------------------------------------
@@ -465,7 +627,7 @@ def parse_reply(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Reply:
     mistaken for an answer.
     """
     try:
-        message = decode(data, max_bytes=max_bytes)
+        message = decode(data, max_bytes=max_bytes, limits=REPLY_LIMITS)
     except CapsupError as exc:
         raise InternalError(f"unreadable reply from the supervisor: {exc.message}") from None
     if not isinstance(message, dict) or not isinstance(message.get("ok"), bool):

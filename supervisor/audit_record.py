@@ -27,6 +27,7 @@ __all__ = [
     "EVENT_FIELDS",
     "GENESIS",
     "HEAD_META_KEY",
+    "MAX_TEXT",
     "AuditHead",
     "canonical",
     "format_head",
@@ -44,6 +45,12 @@ HEAD_META_KEY = "audit_head"
 #: Fields every record has (null where they do not apply): the event's.
 #: ``seq``, ``prev`` and ``hash`` are added by the chain.
 EVENT_FIELDS = Event._fields
+
+#: The longest string a record holds, in characters: a longer one, at any
+#: depth (a ``detail`` key or value, a message quoting what a client sent),
+#: is cut to this many, ending in ``...``. Records carry values clients
+#: chose, and what a client sends must not decide how large the trail grows.
+MAX_TEXT = 512
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -88,8 +95,9 @@ def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, s
 
 
 def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The record without its hash, as plain JSON values: the definition that
-    canonical() turns into the hashed bytes."""
+    """The record without its hash, as plain JSON values with every string
+    clipped to :data:`MAX_TEXT`: the definition that canonical() turns into
+    the hashed bytes."""
     record = {field: _jsonable(value) for field, value in zip(EVENT_FIELDS, event, strict=True)}
     record["event"] = str(event.event)
     record["seq"] = seq
@@ -106,8 +114,9 @@ def _body(event: Event, seq: int, prev: str, extra: Mapping[str, Any]) -> dict[s
 # for the values where the two agree, which are the values of every event
 # the kernel emits on the hot path: exact str, int, bool and None, floats
 # that both print alike, and a ``detail`` dict of those under str keys.
-# Anything else (an enum, a list, a NaN, a tiny float) is declined here and
-# takes the definition. Two differences remain, and are undone below:
+# Anything else (an enum, a list, a NaN, a tiny float, a string to clip) is
+# declined here and takes the definition. Two differences remain, and are
+# undone below:
 # orjson writes UTF-8 and a raw DEL where ``ensure_ascii`` writes escapes.
 # tests/supervisor/test_audit_encoding.py checks byte equality on arbitrary
 # events.
@@ -142,9 +151,10 @@ def _prints_alike(value: object) -> bool:
 
 def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
     """``canonical(_body(event, seq, prev, {}))``, or None if a value is one
-    that orjson might write differently."""
+    that orjson might write differently, or a string to clip."""
+    scalars = _SCALAR_FIELDS(event)
     if not (
-        _SCALARS.issuperset(map(type, _SCALAR_FIELDS(event)))
+        _SCALARS.issuperset(map(type, scalars))
         and _prints_alike(event.time)
         and type(event.detail) is dict
     ):
@@ -161,6 +171,8 @@ def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
         return None
     if not body.isascii():
         body = body.decode("utf-8").encode("ascii", _ESCAPE_LIKE_JSON)
+    if len(body) > _CANNOT_HOLD_LONG_TEXT and _holds_long_text(scalars, event.detail):
+        return None
     if b"\x7f" in body:  # DEL is ASCII, so only json escapes it
         body = body.replace(b"\x7f", b"\\u007f")
     return body
@@ -170,6 +182,23 @@ def _fast_canonical_body(event: Event, seq: int, prev: str) -> bytes | None:
 _SCALAR_FIELDS = operator.itemgetter(
     *(i for i, name in enumerate(EVENT_FIELDS) if name not in ("time", "detail"))
 )
+
+#: The longest body that cannot hold a string to clip, so the hot path's
+#: records (about 480 bytes) need no look at their strings: a string takes
+#: its length and two quotes, and every body also has every field's key
+#: (``"key":``) and the 64 hex digits of ``prev`` in quotes.
+_CANNOT_HOLD_LONG_TEXT = (
+    MAX_TEXT + 2 + sum(len(key) + 3 for key in (*EVENT_FIELDS, "seq", "prev")) + 66
+)
+
+
+def _holds_long_text(scalars: tuple[Any, ...], detail: Mapping[str, Any]) -> bool:
+    """Whether a string of an event the fast path takes is longer than
+    :data:`MAX_TEXT` (its detail's keys are strings and its values scalars)."""
+    return any(type(value) is str and len(value) > MAX_TEXT for value in scalars) or any(
+        len(key) > MAX_TEXT or (type(value) is str and len(value) > MAX_TEXT)
+        for key, value in detail.items()
+    )
 
 
 def format_head(head: AuditHead) -> str:
@@ -196,19 +225,29 @@ def _jsonable(value: Any) -> Any:
     bytes, NaN, objects) the record must still serialise, or the kernel would
     fail closed on a harmless oddity. Unknown types become their ``repr``.
     """
-    if type(value) in _PLAIN or value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return _clip(value)
+    if type(value) in _PLAIN or value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        return {_text(key): _jsonable(item) for key, item in value.items()}
+        return {_clip(_text(key)): _jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(item) for item in value]
     if isinstance(value, set | frozenset):
         return sorted((_jsonable(item) for item in value), key=repr)
     if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return _text(value, repr)
+        return _clip(value.decode("utf-8", "backslashreplace"))
+    return _clip(_text(value, repr))
+
+
+def _clip(text: str) -> str:
+    """``text``, cut to :data:`MAX_TEXT` characters if it is longer. A
+    ``str`` subclass comes out a plain ``str`` (json writes both alike)."""
+    if len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 3] + "..."
 
 
 def _text(value: object, how: Callable[[object], str] = str) -> str:

@@ -61,6 +61,12 @@ class Settings:
     #: what this kernel cannot enforce is left out, said and recorded;
     #: "off": no confinement (``capsup run --no-confine``).
     confine: str = "required"
+    #: Records of refused requests one peer (an agent, or a process that is
+    #: not one) may have written, on average per second and in a row; what
+    #: is held back beyond is counted in a summary record
+    #: (supervisor/refusal_limit.py).
+    refusal_records_per_second: float = 20.0
+    refusal_records_burst: int = 100
 
 
 #: The positive numbers among the settings, and the types each may be.
@@ -71,6 +77,8 @@ _NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
     "max_capabilities_per_agent": (int,),
     "max_sub_agents": (int,),
     "max_agents": (int,),
+    "refusal_records_per_second": (int, float),
+    "refusal_records_burst": (int,),
 }
 #: The settings that take one of a few words.
 _CHOICE_SETTINGS: dict[str, frozenset[str]] = {

@@ -35,6 +35,9 @@ class EventType(StrEnum):
     AGENT_TERMINATED = "agent_terminated"
     KERNEL_STARTED = "kernel_started"
     KERNEL_STATE_RESTORED = "kernel_state_restored"
+    #: Refusal records a peer's budget held back, counted in one record
+    #: (supervisor/refusal_limit.py).
+    REFUSALS_SUPPRESSED = "refusals_suppressed"
 
 
 class ViolationKind(StrEnum):
