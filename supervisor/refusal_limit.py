@@ -63,7 +63,12 @@ ALL_PEERS = "*"
 #: ``spawn`` refused, or a request a fault stopped).
 REFUSALS: Mapping[EventType, frozenset[str] | None] = {
     EventType.SECURITY_VIOLATION: frozenset(
-        {ViolationKind.UNAUTHENTICATED, ViolationKind.MALFORMED_INPUT}
+        {
+            ViolationKind.UNAUTHENTICATED,
+            ViolationKind.MALFORMED_INPUT,
+            # A confined agent hammering connect() at what it may not reach.
+            ViolationKind.SANDBOX_DENIED,
+        }
     ),
     EventType.CAPABILITY_DENIED: None,
 }

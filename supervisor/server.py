@@ -60,6 +60,8 @@ __all__ = ["Server", "exit_code_of", "new_trace_id"]
 
 #: Requests served per turn before agent exits and timers are looked at again.
 _BATCH = 64
+#: Refused connects waiting for the loop to record them; more are counted.
+_MAX_QUEUED_REFUSALS = 1024
 #: How long a peer has to complete the ZeroMQ handshake, in milliseconds.
 _HANDSHAKE_MS = 2000
 #: Pending ``wait`` calls on one agent; each costs memory and a timer.
@@ -147,10 +149,11 @@ class Server:
         self._routers: dict[zmq.Socket[bytes], AgentProcess] = {}
         #: The socket whose messages are being served (replies go there).
         self._serving: zmq.Socket[bytes] | None = None
-        #: Refusals the connect brokers' threads made, for the loop to record.
-        self._refused_connects: collections.deque[tuple[str, int, str, str]] = collections.deque(
-            maxlen=1024
-        )
+        #: Refusals the connect brokers' threads made, for the loop to record
+        #: (at most _MAX_QUEUED_REFUSALS waiting; more are counted, not lost).
+        self._refused_connects: collections.deque[tuple[str, int, str, str]] = collections.deque()
+        self._refused_connects_lock = threading.Lock()
+        self._refused_connects_overflow: dict[str, int] = {}
         self._sink = sink
         self._grace = grace_period
         self._max_sub_agents = max_sub_agents
@@ -576,19 +579,33 @@ class Server:
     def _connect_refused(self, agent: AgentProcess, pid: int, path: str, reason: str) -> None:
         """Called on a connect broker's thread: queue the refusal for the
         loop (which owns the trail) and wake it."""
-        self._refused_connects.append((agent.agent_id, pid, path, reason))
+        with self._refused_connects_lock:
+            if len(self._refused_connects) < _MAX_QUEUED_REFUSALS:
+                self._refused_connects.append((agent.agent_id, pid, path, reason))
+            else:
+                overflow = self._refused_connects_overflow
+                overflow[agent.agent_id] = overflow.get(agent.agent_id, 0) + 1
         with contextlib.suppress(OSError):
             self._signals_w.send(b"\0")
 
     def _after_signals(self) -> None:
         """Record refused connects; reap the orphans that came back to the
         subreaper."""
-        while self._refused_connects:
-            agent_id, pid, path, reason = self._refused_connects.popleft()
+        with self._refused_connects_lock:
+            refused = list(self._refused_connects)
+            self._refused_connects.clear()
+            overflow, self._refused_connects_overflow = self._refused_connects_overflow, {}
+        for agent_id, pid, path, reason in refused:
             error = NotAuthorized(f"connect() to {path[:256]!r} refused: {reason}")
             with self._reported("recording a refused connect"):
                 self._violation(
                     ViolationKind.SANDBOX_DENIED, error, new_trace_id(), pid=pid, principal=agent_id
+                )
+        for agent_id, count in overflow.items():
+            error = NotAuthorized(f"{count} more connect() refusals, faster than they could queue")
+            with self._reported("recording refused connects"):
+                self._violation(
+                    ViolationKind.SANDBOX_DENIED, error, new_trace_id(), principal=agent_id
                 )
         if self._reaping_orphans:
             with self._reported("reaping orphaned processes"):
