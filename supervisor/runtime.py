@@ -8,7 +8,9 @@ acknowledged is left in a buffer.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -82,6 +84,17 @@ def _protected_paths(config: Config, options: RuntimeOptions, trail: Path) -> tu
     return tuple(str(Path(p).resolve()) for p in paths)
 
 
+def _raise_descriptor_limit() -> None:
+    """Every agent costs the supervisor descriptors (a pidfd, a descriptor
+    socket, a ROUTER and its connections), and libzmq aborts the process
+    when ``accept`` runs out of them: take the whole hard limit, not the
+    soft one a shell hands down (often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class Runtime:
     """A supervisor, assembled from a config and the command line's options."""
 
@@ -89,6 +102,7 @@ class Runtime:
         # First of all: no process of this user may read what follows from
         # this one's memory (see confinement/dumpable.py).
         make_undumpable()
+        _raise_descriptor_limit()
         # What a killed supervisor left: its runtime directory is a sibling
         # of the one holding this one's endpoint (see confinement/leftovers.py).
         runtime_dir = Path(options.endpoint.removeprefix("ipc://")).parent
