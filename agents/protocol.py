@@ -1209,12 +1209,16 @@ def parse_wait_args(args: Mapping[str, Any], *, where: str = "args") -> WaitArgs
     return parsed
 
 
+def _file_target(f: _Fields) -> tuple[str, str]:
+    """The capability and the resource every file op names, in that order."""
+    return f.required("capability", _id_text), f.required("resource", _resource_text)
+
+
 def parse_read_args(args: Mapping[str, Any], *, where: str = "args") -> ReadArgs:
     """Check ``read``'s arguments."""
     f = _Fields(args, where)
     parsed = ReadArgs(
-        capability=f.required("capability", _id_text),
-        resource=f.required("resource", _resource_text),
+        *_file_target(f),
         offset=f.optional("offset", _offset) or 0,
         length=f.optional("length", _io_length),
     )
@@ -1226,8 +1230,7 @@ def parse_write_args(args: Mapping[str, Any], *, where: str = "args") -> WriteAr
     """Check ``write``'s arguments; ``offset`` and a true ``append`` exclude each other."""
     f = _Fields(args, where)
     parsed = WriteArgs(
-        capability=f.required("capability", _id_text),
-        resource=f.required("resource", _resource_text),
+        *_file_target(f),
         data=f.required("data", _io_data),
         offset=f.optional("offset", _offset),
         append=f.optional("append", _flag) or False,
@@ -1241,7 +1244,7 @@ def parse_write_args(args: Mapping[str, Any], *, where: str = "args") -> WriteAr
 def _file_fields(args: Mapping[str, Any], where: str) -> tuple[str, str]:
     """The two fields of ``listdir``, ``stat`` and ``delete``, and no others."""
     f = _Fields(args, where)
-    fields = f.required("capability", _id_text), f.required("resource", _resource_text)
+    fields = _file_target(f)
     f.done()
     return fields
 
@@ -1264,11 +1267,7 @@ def parse_delete_args(args: Mapping[str, Any], *, where: str = "args") -> Delete
 def parse_open_args(args: Mapping[str, Any], *, where: str = "args") -> OpenArgs:
     """Check ``open``'s arguments."""
     f = _Fields(args, where)
-    parsed = OpenArgs(
-        capability=f.required("capability", _id_text),
-        resource=f.required("resource", _resource_text),
-        mode=f.required("mode", _open_mode),
-    )
+    parsed = OpenArgs(*_file_target(f), mode=f.required("mode", _open_mode))
     f.done()
     return parsed
 

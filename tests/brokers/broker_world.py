@@ -76,11 +76,14 @@ class World:
             emit=self.recorder,
         )
 
-    def open(self, cap: Capability, path: Path | str, mode: str) -> int:
-        args = p.OpenArgs(cap.id, str(path), mode)
+    def do_open(self, args: p.OpenArgs, trace_id: str | None = None) -> int:
+        trace_id = trace_id or self.trace()
         return open_for_agent(
-            self.kernel, self.alice, args, now=T0, trace_id=self.trace(), emit=self.recorder
+            self.kernel, self.alice, args, now=T0, trace_id=trace_id, emit=self.recorder
         )
+
+    def open(self, cap: Capability, path: Path | str, mode: str) -> int:
+        return self.do_open(p.OpenArgs(cap.id, str(path), mode))
 
     def read(self, cap: Capability, path: Path | str, **kw: Any) -> dict[str, Any]:
         return self.do(p.ReadArgs(cap.id, str(path), **kw))

@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
-from broker_world import T0, World
+from broker_world import World
 from capsup.agents import protocol as p
 from capsup.agents.client import Client, DirEntry, FileStat
 from capsup.agents.errors import CapsupError, ConstraintViolation, OperationNotAllowed
-from capsup.supervisor.brokers.files import perform_file_op
 
 BIG = p.MAX_IO_BYTES * 2 + 12345
 
@@ -47,14 +46,7 @@ class Router(threading.Thread):
             assert isinstance(
                 args, p.ReadArgs | p.WriteArgs | p.ListdirArgs | p.StatArgs | p.DeleteArgs
             )
-            result = perform_file_op(
-                self.world.kernel,
-                self.world.alice,
-                args,
-                now=T0,
-                trace_id=trace_id,
-                emit=self.world.recorder,
-            )
+            result = self.world.do(args, trace_id)
         except CapsupError as error:
             return p.error_reply(request.id, error, trace_id)
         return p.ok_reply(request.id, result, trace_id)

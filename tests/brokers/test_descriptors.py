@@ -5,6 +5,7 @@ asking for files in another."""
 from __future__ import annotations
 
 import array
+import contextlib
 import fcntl
 import os
 import select
@@ -15,9 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker_world import T0, World
+from broker_world import World
 from capsup.agents import descriptors
 from capsup.agents import protocol as p
+from capsup.agents.capability import Capability
 from capsup.agents.client import Client
 from capsup.agents.descriptors import (
     FD_SOCKET_ENV,
@@ -27,7 +29,6 @@ from capsup.agents.descriptors import (
 )
 from capsup.agents.errors import BadRequest, CapsupError, ConstraintViolation, SupervisorGone
 from capsup.supervisor.brokers.descriptors import serve_descriptor_request
-from capsup.supervisor.brokers.files import open_for_agent
 
 
 class Supervisor(threading.Thread):
@@ -76,14 +77,7 @@ class Supervisor(threading.Thread):
             return p.error_reply(request_id, error, trace_id or "t-bad"), None
         trace_id = request.trace_id or "t-open"
         try:
-            fd = open_for_agent(
-                self.world.kernel,
-                self.world.alice,
-                args,
-                now=T0,
-                trace_id=trace_id,
-                emit=self.world.recorder,
-            )
+            fd = self.world.do_open(args, trace_id)
         except CapsupError as error:
             return p.error_reply(request.id, error, trace_id), None
         return p.ok_reply(request.id, {}, trace_id), fd
@@ -100,8 +94,23 @@ def pair(world: World) -> Iterator[tuple[socket.socket, Supervisor]]:
     supervisor_end.close()
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+@contextlib.contextmanager
+def leaving_no_descriptor(
+    world: World, pair: tuple[socket.socket, Supervisor]
+) -> Iterator[tuple[DescriptorChannel, Capability]]:
+    """A channel on the agent's end and a capability to read the workspace;
+    fails if the block changes how many descriptors this process (which
+    holds both ends) has open once the supervisor's side has settled,
+    counted after a first open has made what is made lazily."""
+    agent_end, supervisor = pair
+    cap = world.grant(["read"])
+    channel = DescriptorChannel(agent_end)
+    os.close(channel.open(cap.id, str(world.ws / "a.txt"), "r"))
+    supervisor.settle()
+    before = len(os.listdir("/proc/self/fd"))
+    yield channel, cap
+    supervisor.settle()
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def ask_raw(sock: socket.socket, data: bytes, fds: list[int] | None = None) -> p.Reply:
@@ -135,19 +144,12 @@ def test_a_descriptor_arrives_and_reads_the_file(
 def test_a_refusal_arrives_as_its_error_and_nothing_leaks(
     world: World, pair: tuple[socket.socket, Supervisor]
 ) -> None:
-    agent_end, supervisor = pair
-    cap = world.grant(["read"])
-    channel = DescriptorChannel(agent_end)
-    os.close(channel.open(cap.id, str(world.ws / "a.txt"), "r"))  # warm up lazily made state
-    supervisor.settle()
-    before = open_fds()
-    for _ in range(20):
-        with pytest.raises(ConstraintViolation) as caught:
-            channel.open(cap.id, str(world.outside / "secret"), "r")
-        assert caught.value.reason == "outside_resource"
-        os.close(channel.open(cap.id, str(world.ws / "a.txt"), "r"))
-    supervisor.settle()
-    assert open_fds() == before
+    with leaving_no_descriptor(world, pair) as (channel, cap):
+        for _ in range(20):
+            with pytest.raises(ConstraintViolation) as caught:
+                channel.open(cap.id, str(world.outside / "secret"), "r")
+            assert caught.value.reason == "outside_resource"
+            os.close(channel.open(cap.id, str(world.ws / "a.txt"), "r"))
 
 
 def test_an_oversize_datagram_is_refused(
@@ -203,22 +205,16 @@ def test_only_open_is_served(world: World, pair: tuple[socket.socket, Supervisor
 def test_a_late_reply_is_skipped_and_its_descriptor_closed(
     world: World, pair: tuple[socket.socket, Supervisor]
 ) -> None:
-    agent_end, supervisor = pair
-    cap = world.grant(["read"])
-    channel = DescriptorChannel(agent_end)
-    os.close(channel.open(cap.id, str(world.ws / "a.txt"), "r"))
-    supervisor.settle()
-    before = open_fds()
-    supervisor.delay = 0.5
-    with pytest.raises(SupervisorGone):
-        channel.open(cap.id, str(world.ws / "a.txt"), "r", timeout=0.1)
-    fd = channel.open(cap.id, str(world.ws / "sub" / "b.txt"), "r", timeout=5)
-    try:
-        assert os.read(fd, 100) == b"inner"  # this call's file, not the late one
-    finally:
-        os.close(fd)
-    supervisor.settle()
-    assert open_fds() == before
+    _, supervisor = pair
+    with leaving_no_descriptor(world, pair) as (channel, cap):
+        supervisor.delay = 0.5
+        with pytest.raises(SupervisorGone):
+            channel.open(cap.id, str(world.ws / "a.txt"), "r", timeout=0.1)
+        fd = channel.open(cap.id, str(world.ws / "sub" / "b.txt"), "r", timeout=5)
+        try:
+            assert os.read(fd, 100) == b"inner"  # this call's file, not the late one
+        finally:
+            os.close(fd)
 
 
 def test_the_end_of_the_agents_socket_is_seen(world: World) -> None:

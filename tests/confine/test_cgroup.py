@@ -27,6 +27,7 @@ from capsup.supervisor.confinement.cgroup import (
     CgroupManager,
     _delegate,
 )
+from daemon_source import DAEMONIZE
 
 UNIFIED = Path("/sys/fs/cgroup/unified")
 
@@ -52,24 +53,17 @@ else:
 signal.pause()
 """
 
-#: Joins the cgroup, double-forks a daemon (setsid, fork, the middle one
-#: exits), prints its pid and exits: the daemon has left the process tree.
-DOUBLE_FORK = r"""
-import os, signal, sys
+#: Joins the cgroup, starts a daemon, prints its pid and exits: the daemon
+#: has left the process tree.
+DOUBLE_FORK = (
+    DAEMONIZE
+    + r"""
+import sys
 with open(sys.argv[1], "w") as procs:
     procs.write("0")
-read_end, write_end = os.pipe()
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        os.write(write_end, str(os.getpid()).encode())
-        os.closerange(0, 3)
-        signal.pause()
-    os._exit(0)
-os.close(write_end)
-print(os.read(read_end, 32).decode(), flush=True)
-os.wait()
+print(daemonize(), flush=True)
 """
+)
 
 #: Joins the cgroup and forks without end, in every process.
 FORK_BOMB = r"""
@@ -310,6 +304,18 @@ print(_delegate(Path(str(directory) + "/capsup-supervisor"), sys.argv[2]), where
 """
 
 
+def delegate_in_child(directory: Path, controller: str) -> str:
+    """What :data:`DELEGATE` prints, run on ``directory`` and ``controller``."""
+    result = subprocess.run(
+        [sys.executable, "-c", DELEGATE, str(directory), controller],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return result.stdout
+
+
 @pytest.fixture
 def delegating() -> Iterator[tuple[Path, str]]:
     """A new v2 cgroup, and a controller the unified hierarchy offers,
@@ -335,14 +341,7 @@ def test_v2_delegation_moves_the_supervisor_into_a_leaf_once(
 ) -> None:
     unified_cgroup, v2_controller = delegating
     name = "/" + unified_cgroup.name
-    result = subprocess.run(
-        [sys.executable, "-c", DELEGATE, str(unified_cgroup), v2_controller],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    first, second = result.stdout.splitlines()
+    first, second = delegate_in_child(unified_cgroup, v2_controller).splitlines()
     # It had to move (it lived in the cgroup it delegates from)...
     assert first == f"{unified_cgroup} {name}/capsup-supervisor"
     assert v2_controller in (unified_cgroup / "cgroup.subtree_control").read_text().split()
@@ -357,14 +356,8 @@ def test_v2_delegation_moves_back_when_others_share_the_cgroup(
     unified_cgroup, v2_controller = delegating
     with child(FORK_UNTIL_REFUSED, str(unified_cgroup / "cgroup.procs"), "0") as neighbour:
         assert first_line(neighbour) == "made 0"
-        result = subprocess.run(
-            [sys.executable, "-c", DELEGATE, str(unified_cgroup), v2_controller],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        assert result.stdout.split() == ["failed", str(errno.EBUSY), "/" + unified_cgroup.name]
+        printed = delegate_in_child(unified_cgroup, v2_controller)
+        assert printed.split() == ["failed", str(errno.EBUSY), "/" + unified_cgroup.name]
     assert not (unified_cgroup / "capsup-supervisor").exists()
     assert v2_controller not in (unified_cgroup / "cgroup.subtree_control").read_text().split()
 

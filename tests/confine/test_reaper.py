@@ -20,29 +20,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-#: The agent: double-forks two daemons (setsid, fork, the middle one exits),
-#: writes their pids to ``argv[1]`` and to stdout, and exits 7.
-AGENT = r"""
-import os, signal, sys
-daemons = []
-for _ in range(2):
-    read_end, write_end = os.pipe()
-    if os.fork() == 0:
-        os.setsid()
-        if os.fork() == 0:
-            os.write(write_end, str(os.getpid()).encode())
-            os.closerange(0, 3)
-            signal.pause()
-        os._exit(0)
-    os.close(write_end)
-    daemons.append(os.read(read_end, 32).decode())
-    os.close(read_end)
-    os.wait()
+from daemon_source import DAEMONIZE
+
+#: The agent: starts two daemons, writes their pids to ``argv[1]`` and to
+#: stdout, and exits 7.
+AGENT = (
+    DAEMONIZE
+    + r"""
+import sys
+daemons = [daemonize(), daemonize()]
 with open(sys.argv[1], "w") as record:
-    record.write(" ".join(daemons))
+    record.write(" ".join(map(str, daemons)))
 print(*daemons, flush=True)
 sys.exit(7)
 """
+)
 
 #: The supervisor: ``argv[1]`` is "subreaper" or "plain", ``argv[2]`` the
 #: record file, ``argv[3]`` a marker for the agent's command line.

@@ -7,9 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 CAPSUP = [sys.executable, "-m", "capsup.supervisor"]
 
@@ -86,22 +89,46 @@ def wait_for(path: Path, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def start_capsup(root: Path, agent: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """`capsup run` in the background, with the test policy and root/audit.jsonl."""
+def run_argv(
+    root: Path,
+    agent: Path,
+    *args: str,
+    extra: Sequence[str] = (),
+    supervisor: str = "",
+    sandbox: str = "",
+    command: Sequence[str] = CAPSUP,
+) -> list[str]:
+    """`capsup run` of ``agent`` (with ``args``) as ``main``, under the test
+    policy (see :func:`write_policy`) with root/audit.jsonl as its trail;
+    ``extra`` are more options of ``run``, ``command`` what starts capsup."""
+    return [
+        *command,
+        "run",
+        "--config",
+        str(write_policy(root, supervisor, sandbox)),
+        "--audit-log",
+        str(root / "audit.jsonl"),
+        *extra,
+        "--name",
+        "main",
+        str(agent),
+        *args,
+    ]
+
+
+def start_capsup(
+    root: Path,
+    agent: Path,
+    *extra: str,
+    supervisor: str = "",
+    env: dict[str, str] | None = None,
+    command: Sequence[str] = CAPSUP,
+) -> subprocess.Popen[bytes]:
+    """`capsup run` in the background, as :func:`run_argv` says."""
     return subprocess.Popen(
-        [
-            *CAPSUP,
-            "run",
-            "--config",
-            str(write_policy(root)),
-            "--audit-log",
-            str(root / "audit.jsonl"),
-            *extra,
-            "--name",
-            "main",
-            str(agent),
-        ],
+        run_argv(root, agent, extra=extra, supervisor=supervisor, command=command),
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -115,25 +142,20 @@ def capsup_run(
     sandbox: str = "",
     env: dict[str, str] | None = None,
 ) -> Outcome:
-    audit = root / "audit.jsonl"
     proc = subprocess.run(
-        [
-            *CAPSUP,
-            "run",
-            "--config",
-            str(write_policy(root, supervisor, sandbox)),
-            "--audit-log",
-            str(audit),
-            *extra,
-            "--name",
-            "main",
-            str(agent),
-            *args,
-        ],
+        run_argv(root, agent, *args, extra=extra, supervisor=supervisor, sandbox=sandbox),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=root,
         env=env,
     )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, read_audit(audit))
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, read_audit(root / "audit.jsonl"))
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

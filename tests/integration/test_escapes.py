@@ -22,14 +22,14 @@ import subprocess
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from runner import CAPSUP, read_audit
+from runner import CAPSUP, alive, read_audit
 
 HOSTILE = Path(__file__).resolve().parent / "hostile_agent.py"
 ABSTRACT = f"capsup-escape-test-{os.getpid()}"
@@ -109,6 +109,21 @@ def make_targets(tmp_path: Path) -> Iterator[Targets]:
         sock.close()
 
 
+def run_capsup(
+    targets: Targets, flags: Sequence[str], name: str, *argv: str, stdin: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`capsup run` of the agent ``argv`` as ``name``, with ``flags``, under
+    the targets' policy and in their directory, to its end."""
+    return subprocess.run(
+        [*CAPSUP, "run", "--config", str(targets.config), *flags, "--name", name, *argv],
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=targets.root,
+    )
+
+
 def run_hostile(targets: Targets, *flags: str, **more: Any) -> tuple[dict[str, Any], Any]:
     """Run the hostile agent with a pseudo-terminal as its stdin; returns its
     attempts by name and the completed process."""
@@ -116,25 +131,13 @@ def run_hostile(targets: Targets, *flags: str, **more: Any) -> tuple[dict[str, A
     audit = targets.root / f"audit{'-'.join(flags)}.jsonl"
     primary, secondary = pty.openpty()
     try:
-        proc = subprocess.run(
-            [
-                *CAPSUP,
-                "run",
-                "--config",
-                str(targets.config),
-                "--audit-log",
-                str(audit),
-                *flags,
-                "--name",
-                "hostile",
-                str(HOSTILE),
-                json.dumps(values),
-            ],
+        proc = run_capsup(
+            targets,
+            ["--audit-log", str(audit), *flags],
+            "hostile",
+            str(HOSTILE),
+            json.dumps(values),
             stdin=secondary,
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=targets.root,
         )
     finally:
         os.close(secondary)
@@ -218,15 +221,8 @@ def test_a_daemon_dies_with_its_confined_agent(both_runs: tuple[dict[str, Any], 
     deadline = time.monotonic() + 5
     while psutil.pid_exists(confined["_daemon"]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(confined["_daemon"]), "the confined agent's daemon outlived it"
-    assert _alive(free["_daemon"]), "unconfined, the daemon should have survived (it tried)"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    assert not alive(confined["_daemon"]), "the confined agent's daemon outlived it"
+    assert alive(free["_daemon"]), "unconfined, the daemon should have survived (it tried)"
 
 
 def test_confined_run_records_what_was_enforced(both_runs: tuple[dict[str, Any], ...]) -> None:
@@ -270,24 +266,8 @@ def test_a_sub_agent_cannot_reach_its_parent_agent(tmp_path: Path, confined: boo
         # The sub-agent's script lies in the parent's code directory: a
         # sub-agent may read only what its parent may.
         hostile = shutil.copy(HOSTILE, parent.parent / HOSTILE.name)
-        proc = subprocess.run(
-            [
-                *CAPSUP,
-                "run",
-                "--config",
-                str(t.config),
-                *([] if confined else ["--no-confine"]),
-                "--name",
-                "parent",
-                str(parent),
-                str(hostile),
-                json.dumps(t.values),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=tmp_path,
-        )
+        flags = [] if confined else ["--no-confine"]
+        proc = run_capsup(t, flags, "parent", str(parent), str(hostile), json.dumps(t.values))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     attempts = {line["attempt"]: line["worked"] for line in lines if "attempt" in line}
@@ -315,23 +295,8 @@ def test_naming_a_file_in_a_sub_agents_argv_grants_nothing(tmp_path: Path, confi
         code = tmp_path / "code"
         code.mkdir()
         (code / "spawner.py").write_text(SPAWNER)
-        proc = subprocess.run(
-            [
-                *CAPSUP,
-                "run",
-                "--config",
-                str(t.config),
-                *([] if confined else ["--no-confine"]),
-                "--name",
-                "parent",
-                str(code / "spawner.py"),
-                t.values["secret"],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=tmp_path,
-        )
+        flags = [] if confined else ["--no-confine"]
+        proc = run_capsup(t, flags, "parent", str(code / "spawner.py"), t.values["secret"])
     assert proc.returncode == 0, proc.stderr
     assert ("the operator's secret" in proc.stdout) is not confined, proc.stdout
     exit_line = json.loads(proc.stdout.splitlines()[-1])

@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 from capsup.supervisor.confinement.cgroup import _directory, _own_cgroup
-from runner import CAPSUP, capsup_run, wait_for, write_agent, write_idle_agent, write_policy
+from runner import CAPSUP, alive, capsup_run, start_capsup, wait_for, write_agent, write_idle_agent
 
 SECRET = "s3cr3t-of-the-operator"
 
@@ -66,40 +65,17 @@ print(json.dumps(seen))
 """
 
 
-def _capsup(
-    root: Path, agent: Path, env: dict[str, str] | None = None, *, capabilities: bool = True
-) -> subprocess.Popen[bytes]:
-    """`capsup run` in the background; without capabilities it cannot have a
-    cgroup or a private /dev/shm here, so it confines the agent in part."""
-    drop = [] if capabilities else [sys.executable, "-c", WITHOUT_CAPABILITIES, *CAPSUP[1:]]
-    settings = "" if capabilities else 'confine = "best-effort"'
-    return subprocess.Popen(
-        [
-            *(drop or CAPSUP),
-            "run",
-            "--config",
-            str(write_policy(root, supervisor=settings)),
-            "--audit-log",
-            str(root / "audit.jsonl"),
-            "--name",
-            "main",
-            str(agent),
-        ],
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def test_a_stranger_of_the_same_user_cannot_read_the_supervisor(tmp_path: Path) -> None:
     env = {**os.environ, "OPERATOR_TOKEN": SECRET}
-    supervisor = _capsup(tmp_path, write_idle_agent(tmp_path), env, capabilities=False)
+    # Without capabilities, capsup cannot have a cgroup or a private /dev/shm
+    # here: it confines the agent in part.
+    supervisor = start_capsup(
+        tmp_path,
+        write_idle_agent(tmp_path),
+        supervisor='confine = "best-effort"',
+        env=env,
+        command=[sys.executable, "-c", WITHOUT_CAPABILITIES, *CAPSUP[1:]],
+    )
     peer = subprocess.Popen([sys.executable, "-c", PEER], env=env, stdout=subprocess.PIPE)
     try:
         assert peer.stdout is not None and peer.stdout.readline() == b"ready\n"
@@ -167,7 +143,7 @@ def test_what_a_killed_supervisor_left_is_removed_by_the_next(tmp_path: Path) ->
     first.mkdir()
     second.mkdir()
     agent = write_agent(first, "daemonizer", DAEMON_AGENT.format(root=first))
-    supervisor = _capsup(first, agent)
+    supervisor = start_capsup(first, agent)
     daemon = 0
     try:
         wait_for(first / "endpoint")
@@ -181,7 +157,7 @@ def test_what_a_killed_supervisor_left_is_removed_by_the_next(tmp_path: Path) ->
         supervisor.send_signal(signal.SIGKILL)
         supervisor.wait()
         time.sleep(0.5)  # the agent dies of PDEATHSIG; the daemon does not
-        assert _alive(daemon), "the daemon should outlive a SIGKILLed supervisor"
+        assert alive(daemon), "the daemon should outlive a SIGKILLed supervisor"
         assert runtime_dir.is_dir() and cgroup.is_dir(), "the killed supervisor cleaned up"
 
         outcome = capsup_run(second, write_agent(second, "noop", "print('ok')"))
@@ -189,13 +165,13 @@ def test_what_a_killed_supervisor_left_is_removed_by_the_next(tmp_path: Path) ->
         assert outcome.stdout == "ok\n"
         assert "warning" not in outcome.stderr, outcome.stderr
         deadline = time.monotonic() + 5
-        while _alive(daemon) and time.monotonic() < deadline:
+        while alive(daemon) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(daemon), "the dead supervisor's daemon still runs"
+        assert not alive(daemon), "the dead supervisor's daemon still runs"
         assert not runtime_dir.exists(), "the dead supervisor's runtime directory is left"
         assert not cgroup.exists(), "the dead supervisor's cgroup is left"
     finally:
         supervisor.kill()
         supervisor.wait()
-        if daemon and _alive(daemon):
+        if daemon and alive(daemon):
             os.kill(daemon, signal.SIGKILL)

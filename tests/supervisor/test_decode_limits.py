@@ -9,9 +9,6 @@ come from the trusted supervisor and keep wider limits.
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +31,9 @@ from capsup.agents.protocol import (
     parse_reply,
     parse_request,
 )
-from capsup.supervisor.config import parse_config
-from capsup.supervisor.runtime import Runtime, RuntimeOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from in_process import read_trail, run_agent, start_runtime
 
 
 def pack(value: Any) -> bytes:
@@ -187,21 +183,9 @@ for args in ({f"k{i}": 0 for i in range(65536)}, {"x": [[[]] * 1000 for _ in ran
 
 
 def test_an_agent_sending_them_gets_bad_request_and_a_record(tmp_path: Path) -> None:
-    script = tmp_path / "agent.py"
-    script.write_text(textwrap.dedent(AGENT))
-    trail = tmp_path / "audit.jsonl"
-    options = RuntimeOptions(
-        endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(trail), confine="off"
-    )
-    with Runtime(parse_config({}, source="<test>"), options) as runtime:
-        agent = runtime.server.start_agent([sys.executable, str(script)], name="hostile")
-        for _ in range(600):
-            if not agent.running:
-                break
-            runtime.server.turn(timeout=0.05)
-        assert agent.returncode == 0
-    records = [json.loads(line) for line in trail.read_text().splitlines()]
-    refused = [r for r in records if r["event"] == "security_violation"]
+    with start_runtime(tmp_path, confine="off") as runtime:
+        agent = run_agent(runtime, tmp_path, AGENT, name="hostile")
+    refused = [r for r in read_trail(tmp_path) if r["event"] == "security_violation"]
     assert [r["detail"]["kind"] for r in refused] == ["malformed_input"] * 2
     assert "65536 entries" in refused[0]["detail"]["message"]
     assert f"{MAX_VALUES} values" in refused[1]["detail"]["message"]

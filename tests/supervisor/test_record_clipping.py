@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,9 @@ from capsup.supervisor.audit import AuditLog, verify
 from capsup.supervisor.audit_record import GENESIS, MAX_TEXT, _body, canonical, seal_line
 from capsup.supervisor.config import parse_config
 from capsup.supervisor.events import Event, EventType
-from capsup.supervisor.runtime import Runtime, RuntimeOptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from in_process import read_trail, run_agent, start_runtime
 
 
 def strings(value: Any) -> list[str]:
@@ -187,20 +185,9 @@ def test_long_values_in_every_field_of_refused_requests_are_clipped_on_file(
         },
         source="<test>",
     )
-    trail = tmp_path / "audit.jsonl"
-    options = RuntimeOptions(
-        endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(trail), confine="off"
-    )
-    script = tmp_path / "agent.py"
-    script.write_text(textwrap.dedent(AGENT))
-    with Runtime(config, options) as runtime:
-        agent = runtime.server.start_agent([sys.executable, str(script)], name="clipper")
-        for _ in range(600):
-            if not agent.running:
-                break
-            runtime.server.turn(timeout=0.05)
-        assert agent.returncode == 0
-    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    with start_runtime(tmp_path, config, confine="off") as runtime:
+        run_agent(runtime, tmp_path, AGENT, name="clipper")
+    records = read_trail(tmp_path)
     events = {r["event"] for r in records}
     assert {"capability_denied", "capability_validation_failed", "security_violation"} <= events
     assert {"constraint_violation", "file_operation"} & events
@@ -210,4 +197,5 @@ def test_long_values_in_every_field_of_refused_requests_are_clipped_on_file(
         too_long = [s[:40] for s in strings(record) if len(s) > MAX_TEXT]
         assert not too_long, (record["event"], too_long)
     # The largest: agent_started, whose argv the server keeps to 32 entries of 256.
-    assert max(len(line) for line in trail.read_bytes().splitlines()) < 10 * 1024
+    trail = (tmp_path / "audit.jsonl").read_bytes()
+    assert max(len(line) for line in trail.splitlines()) < 10 * 1024

@@ -9,11 +9,9 @@ the trail stays small, every refusal is either on file or counted in a
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,8 @@ from capsup.agents.errors import AuditUnavailable
 from capsup.supervisor.config import ConfigError, parse_config
 from capsup.supervisor.events import Event, EventType, ViolationKind
 from capsup.supervisor.refusal_limit import ALL_PEERS, ALL_PEERS_FACTOR, RefusalLimiter
-from capsup.supervisor.runtime import Runtime, RuntimeOptions
+from capsup.supervisor.runtime import Runtime
+from in_process import read_trail, run_agent, start_runtime
 
 # -- the limiter on its own ------------------------------------------------------
 
@@ -256,20 +255,9 @@ sys.stdin.read()
 """
 
 
-def unconfined_runtime(tmp_path: Path) -> Runtime:
-    return Runtime(
-        parse_config({}, source="<test>"),
-        RuntimeOptions(
-            endpoint=f"ipc://{tmp_path}/capsup.sock",
-            audit_log=str(tmp_path / "audit.jsonl"),
-            confine="off",
-        ),
-    )
-
-
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    with unconfined_runtime(tmp_path) as rt:
+    with start_runtime(tmp_path, confine="off") as rt:
         yield rt
 
 
@@ -282,14 +270,10 @@ def counted(runtime: Runtime, kind: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_a_stranger_flooding_garbage_grows_the_trail_little_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
-    runtime = unconfined_runtime(tmp_path)
+    runtime = start_runtime(tmp_path, confine="off")
     trail = tmp_path / "audit.jsonl"
     runtime.audit.flush()
     size_before = trail.stat().st_size
@@ -312,7 +296,7 @@ def test_a_stranger_flooding_garbage_grows_the_trail_little_and_nothing_is_lost(
         runtime.close()  # writes the summary still open
     growth = trail.stat().st_size - size_before
     assert growth < 2 << 20, f"{growth} bytes of trail for {FLOOD} refusals"
-    trail_records = records(trail)
+    trail_records = read_trail(tmp_path)
     written = [r for r in trail_records if r["event"] == "security_violation"]
     summaries = [r for r in trail_records if r["event"] == "refusals_suppressed"]
     assert summaries
@@ -338,16 +322,8 @@ for i in range(300):
 def test_an_agent_sending_garbage_is_summarised_under_its_id_when_it_exits(
     tmp_path: Path, runtime: Runtime
 ) -> None:
-    script = tmp_path / "agent.py"
-    script.write_text(textwrap.dedent(AGENT))
-    agent = runtime.server.start_agent([sys.executable, str(script)], name="noisy")
-    for _ in range(600):
-        if not agent.running:
-            break
-        runtime.server.turn(timeout=0.05)
-    assert agent.returncode == 0
-    runtime.audit.flush()
-    trail = records(tmp_path / "audit.jsonl")
+    agent = run_agent(runtime, tmp_path, AGENT, name="noisy")
+    trail = read_trail(tmp_path)
     written = [r for r in trail if r["event"] == "security_violation"]
     summaries = [r for r in trail if r["event"] == "refusals_suppressed"]
     assert {r["principal"] for r in written + summaries} == {agent.agent_id}

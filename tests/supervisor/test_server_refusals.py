@@ -6,47 +6,26 @@ to it over its socket, and the audit trail read back from disk.
 
 from __future__ import annotations
 
-import json
 import sys
-import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from capsup.supervisor.config import parse_config
 from capsup.supervisor.processes import new_agent_id
-from capsup.supervisor.runtime import Runtime, RuntimeOptions
+from capsup.supervisor.runtime import Runtime
 from capsup.supervisor.server import _identity, _tell_operator
-
-
-def run_agent(tmp_path: Path, body: str, runtime: Runtime) -> list[dict[str, Any]]:
-    """Run ``body`` as an agent of ``runtime`` until it exits; the trail."""
-    script = tmp_path / "agent.py"
-    script.write_text(textwrap.dedent(body))
-    agent = runtime.server.start_agent([sys.executable, str(script)], name="agent")
-    for _ in range(600):
-        if not agent.running:
-            break
-        runtime.server.turn(timeout=0.05)
-    assert agent.returncode == 0
-    runtime.audit.flush()
-    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+from in_process import read_trail, run_agent, start_runtime
 
 
 @pytest.fixture
-def runtime(tmp_path: Path) -> Runtime:
-    rt = Runtime(
-        parse_config({}, source="<test>"),
-        RuntimeOptions(
-            endpoint=f"ipc://{tmp_path}/capsup.sock", audit_log=str(tmp_path / "audit.jsonl")
-        ),
-    )
-    yield rt  # type: ignore[misc]
-    rt.close()
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    with start_runtime(tmp_path) as rt:
+        yield rt
 
 
 def test_a_wait_on_no_such_agent_is_refused_and_recorded(tmp_path: Path, runtime: Runtime) -> None:
-    records = run_agent(
+    run_agent(
+        runtime,
         tmp_path,
         """
         from capsup.agents import UnknownAgent, connect
@@ -57,9 +36,8 @@ def test_a_wait_on_no_such_agent_is_refused_and_recorded(tmp_path: Path, runtime
         else:
             raise SystemExit("the wait was not refused")
         """,
-        runtime,
     )
-    (denied,) = [r for r in records if r["event"] == "capability_denied"]
+    (denied,) = [r for r in read_trail(tmp_path) if r["event"] == "capability_denied"]
     assert denied["operation"] == "wait"
     assert denied["reason"] == "unknown_agent"
     assert denied["principal"].startswith("agent-agent-")
@@ -75,7 +53,8 @@ def test_a_bug_is_an_internal_error_reply_a_record_and_a_line_on_stderr(
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(runtime.kernel, "list_capabilities", broken)
-    records = run_agent(
+    run_agent(
+        runtime,
         tmp_path,
         """
         from capsup.agents import InternalError, connect
@@ -88,9 +67,8 @@ def test_a_bug_is_an_internal_error_reply_a_record_and_a_line_on_stderr(
             raise SystemExit("no internal error")
         assert client.whoami().principal == "agent"  # still serving
         """,
-        runtime,
     )
-    (denied,) = [r for r in records if r["event"] == "capability_denied"]
+    (denied,) = [r for r in read_trail(tmp_path) if r["event"] == "capability_denied"]
     assert denied["operation"] == "list"
     assert denied["reason"] == "internal_error"
     assert "ZeroDivisionError: a bug" in capsys.readouterr().err
