@@ -4,8 +4,8 @@ The order matters, and each step says why it comes where it does:
 
 1. join the agent's cgroup, before anything else, so that no process of the
    agent ever exists outside its process bound and its kill switch;
-2. a private ``/dev/shm`` (a new mount namespace), while the process may
-   still mount;
+2. its own mount, IPC and network namespaces and a private ``/dev/shm``,
+   while the process may still unshare and mount;
 3. resource limits, while it may still raise a soft limit up to the hard;
 4. drop every Linux capability (when the supervisor runs as root);
 5. Landlock (which sets ``no_new_privs`` first);
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from capsup.agents.confine import landlock, seccomp
 from capsup.agents.confine.errors import ConfinementError
 from capsup.agents.confine.limits import ResourceLimits, apply_limits
-from capsup.agents.confine.namespace import private_shm
+from capsup.agents.confine.namespace import private_namespaces
 from capsup.agents.confine.plan import ConfinementPlan
 from capsup.agents.confine.privileges import drop_privileges
 
@@ -53,8 +53,8 @@ def confine(plan: ConfinementPlan) -> Confined:
             ) from None
         done.enforced.append("processes")
     if plan.shm_bytes:
-        private_shm(plan.shm_bytes)
-        done.enforced.append("shm")
+        private_namespaces(plan.shm_bytes)
+        done.enforced.append("namespaces")
     apply_limits(
         ResourceLimits(
             memory=plan.memory,

@@ -54,9 +54,19 @@ the agent cannot answer its own connects. The listener fd that
 before the agent's code runs: whoever holds it answers the agent's connects
 (the kernel makes it close-on-exec, so an ``exec`` drops it too).
 
-Not covered here: SysV IPC (``shmget``, ``msgget``, ``semget``) is keyed, not
-pathed, so neither this filter nor Landlock scopes it; an IPC namespace does.
-Calls that take a thread id stay allowed for other processes of the same
+SysV IPC (``shmget``, ``msgget``, ``semget`` and the rest) and POSIX message
+queues (``mq_open``) are keyed or named outside the filesystem, so Landlock
+does not scope them: without an IPC namespace, an agent reads the host's
+segments and talks to anyone through a queue. The agent gets an IPC namespace
+of its own (:mod:`~capsup.agents.confine.namespace`), and this filter refuses
+them all the same, always: nothing an agent runs needs them (Python's
+``multiprocessing`` uses POSIX semaphores and shared memory, ``sem_open`` and
+``shm_open``, files in its private ``/dev/shm``; SysV IPC is for the likes of
+PostgreSQL's server and X11's MIT-SHM), and so they stay closed where the
+namespace could not be had (``confine = "best-effort"`` on a machine without
+it).
+
+Not covered here: calls that take a thread id stay allowed for other processes of the same
 user where runtimes pass their own threads' ids: ``sched_setaffinity``
 (``pthread_setaffinity_np``; at worst it pins the supervisor to one CPU),
 ``sched_setparam`` (no effect outside real-time policies, which need a
@@ -171,6 +181,8 @@ _CLONE_NEW = (
     | 0x2000_0000  # CLONE_NEWPID
     | 0x4000_0000  # CLONE_NEWNET
 )  # CLONE_NEWTIME (0x80) only exists for clone3: in clone() it is exit-signal bits.
+_TIOCSCTTY = 0x540E
+_TIOCSPGRP = 0x5410
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
 _PR_SET_PDEATHSIG = 1
@@ -219,9 +231,16 @@ RULES: tuple[Rule, ...] = (
     # clone3's flags are in a struct that BPF cannot read. ENOSYS makes glibc
     # (posix_spawn, pthread_create) fall back to clone, checked above.
     Rule("clone3", ERRNO_ENOSYS),
-    # Typing into, or pasting onto, the terminal the agent inherited.
+    # Typing into, or pasting onto, the terminal the agent inherited; taking
+    # its foreground (setpgid, then tcsetpgrp: the operator's ^C would reach
+    # the agent's process group, and the supervisor would be stopped by
+    # SIGTTIN/SIGTTOU), or a terminal as its controlling one. (request: the
+    # kernel reads an unsigned int.) The only terminal an agent has is the
+    # one it inherited: Landlock grants it no /dev/ptmx to make its own.
     Rule("ioctl", ERRNO_EPERM, (Arg(1, _TIOCSTI),)),
     Rule("ioctl", ERRNO_EPERM, (Arg(1, _TIOCLINUX),)),
+    Rule("ioctl", ERRNO_EPERM, (Arg(1, _TIOCSPGRP),)),
+    Rule("ioctl", ERRNO_EPERM, (Arg(1, _TIOCSCTTY),)),
     # The bootstrap's parent-death signal must stay. PR_SET_PTRACER only
     # ever opens the agent to ptrace by another process; PR_SET_MM rewrites
     # what /proc shows of it (needs CAP_SYS_RESOURCE, refused regardless).
@@ -261,7 +280,8 @@ RULES: tuple[Rule, ...] = (
     # process_madvise, pidfd_getfd, kcmp), namespaces and mounts (also the
     # new mount API), keyrings, file handles (which bypass path checks),
     # modules, kexec, reboot, raw I/O, swap, accounting, quotas, the kernel
-    # log, the clock, host and domain names, the terminal hang-up, fanotify.
+    # log, the clock, host and domain names, the terminal hang-up, fanotify;
+    # SysV IPC and POSIX message queues (see the module docstring).
     *(
         Rule(name, ERRNO_EPERM)
         for name in (
@@ -320,6 +340,24 @@ RULES: tuple[Rule, ...] = (
             "setdomainname",
             "vhangup",
             "fanotify_init",
+            "shmget",
+            "shmat",
+            "shmctl",
+            "shmdt",
+            "msgget",
+            "msgsnd",
+            "msgrcv",
+            "msgctl",
+            "semget",
+            "semop",
+            "semtimedop",
+            "semctl",
+            "mq_open",
+            "mq_unlink",
+            "mq_timedsend",
+            "mq_timedreceive",
+            "mq_notify",
+            "mq_getsetattr",
         )
     ),
 )
@@ -329,10 +367,21 @@ RULES: tuple[Rule, ...] = (
 # kernel headers by tests/confine/test_seccomp.py.
 SYSCALL_NUMBERS: Mapping[str, tuple[int, int | None]] = {
     "ioctl": (16, 29),
+    "shmget": (29, 194),
+    "shmat": (30, 196),
+    "shmctl": (31, 195),
     "socket": (41, 198),
     "connect": (42, 203),
     "socketpair": (53, 199),
     "clone": (56, 220),
+    "semget": (64, 190),
+    "semop": (65, 193),
+    "semctl": (66, 191),
+    "shmdt": (67, 197),
+    "msgget": (68, 186),
+    "msgsnd": (69, 189),
+    "msgrcv": (70, 188),
+    "msgctl": (71, 187),
     "ptrace": (101, 117),
     "syslog": (103, 116),
     "personality": (135, 92),
@@ -359,7 +408,14 @@ SYSCALL_NUMBERS: Mapping[str, tuple[int, int | None]] = {
     "delete_module": (176, 106),
     "quotactl": (179, 60),
     "lookup_dcookie": (212, 18),
+    "semtimedop": (220, 192),
     "clock_settime": (227, 112),
+    "mq_open": (240, 180),
+    "mq_unlink": (241, 181),
+    "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183),
+    "mq_notify": (244, 184),
+    "mq_getsetattr": (245, 185),
     "kexec_load": (246, 104),
     "add_key": (248, 217),
     "request_key": (249, 218),

@@ -124,8 +124,8 @@ def sweep_leftovers(runtime_parent: Path | None) -> list[str]:
         try:
             group.kill()
             group.remove()
-        except ConfinementError as error:
-            problems.append(f"cannot remove a dead supervisor's cgroup: {error}")
+        except Exception as error:  # one cgroup never stops start-up
+            problems.append(f"cannot remove a dead supervisor's cgroup: {_one_line(error)}")
     if runtime_parent is not None:
         _sweep_runtime_dirs(runtime_parent, problems)
     return problems
@@ -189,25 +189,49 @@ def _sweep_runtime_dirs(parent: Path, problems: list[str]) -> None:
     try:
         with os.scandir(parent_fd) as listing:
             names = [entry.name for entry in listing]
+    except OSError as error:
+        os.close(parent_fd)
+        problems.append(f"cannot list {parent} for dead supervisors' leftovers: {_one_line(error)}")
+        return
+    try:
         for name in names:
-            found = _RUNTIME_DIR.fullmatch(name)
-            if found is None or _running(int(found[1]), int(found[2])):
-                continue
             try:
-                fd = os.open(name, _DIRECTORY, dir_fd=parent_fd)
-            except OSError:
-                continue  # gone, a symlink, or another user's
-            try:
-                if os.fstat(fd).st_uid != os.geteuid():
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its supervisor lives, in another pid namespace
-                remove_scratch(parent / name)
-            except (OSError, ConfinementError) as error:
-                problems.append(f"cannot remove a dead supervisor's runtime directory: {error}")
-            finally:
-                os.close(fd)
+                _sweep_runtime_dir(parent, parent_fd, name)
+            except Exception as error:  # one directory never stops start-up
+                problems.append(
+                    f"cannot remove a dead supervisor's runtime directory {parent / name}: "
+                    f"{_one_line(error)}"
+                )
     finally:
         os.close(parent_fd)
+
+
+def _sweep_runtime_dir(parent: Path, parent_fd: int, name: str) -> None:
+    """Remove ``parent/name`` if it is a dead supervisor's runtime directory
+    of this user's; raises what stopped its removal."""
+    found = _RUNTIME_DIR.fullmatch(name)
+    if found is None or _running(int(found[1]), int(found[2])):
+        return
+    try:
+        fd = os.open(name, _DIRECTORY, dir_fd=parent_fd)
+    except OSError:
+        return  # gone, a symlink, or another user's
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its supervisor lives, in another pid namespace
+        remove_scratch(parent / name)
+    finally:
+        os.close(fd)
+
+
+def _one_line(error: BaseException) -> str:
+    """``error`` for one line of a start-up warning; its type named unless
+    it is an OSError or a ConfinementError, whose text says what failed."""
+    text = " ".join(str(error).split()) or "no detail"
+    if isinstance(error, OSError | ConfinementError):
+        return text
+    return f"{type(error).__name__}: {text}"

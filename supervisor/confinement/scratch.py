@@ -18,9 +18,11 @@ away, then emptied and removed. ``shutil.rmtree`` is symlink-safe in the
 same way, but its error hook gets a *path*, and a chmod by path would
 follow a link the agent planted; hence the walk of its own.
 
-Not handled: mount points inside the tree (an agent cannot mount; its
-private ``/dev/shm`` lives in its own namespace), and trees deeper than
-Python's recursion limit (about 1000 levels).
+The walk is iterative, with at most two directories open at a time: the
+tree may be as deep as the agent made it (a recursion would stop at
+Python's limit, about 1000 levels). Not handled: mount points inside the
+tree (an agent cannot mount; its private ``/dev/shm`` lives in its own
+namespace).
 
 Errors raise :class:`~capsup.agents.confine.errors.ConfinementError` with
 feature ``"scratch"``, naming the path and the errno.
@@ -33,6 +35,7 @@ import errno
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from capsup.agents.confine._libc import describe_errno
@@ -129,38 +132,97 @@ def remove_scratch(path: Path) -> None:
         os.close(parent_fd)
 
 
+@dataclass
+class _Level:
+    """One directory on the way down from the top to the one being emptied."""
+
+    #: Its name in its parent directory.
+    name: str
+    #: ``(st_dev, st_ino)``: what ``..`` must be on the way back up to it.
+    identity: tuple[int, int]
+    #: Its subdirectories still to remove (its other entries are gone).
+    pending: list[str]
+
+
 def _remove_directory(parent_fd: int, name: str) -> None:
     """Empty and remove the directory ``name`` of ``parent_fd``; unlink it
-    instead if it is not a directory (any more)."""
+    instead if it is not a directory (any more).
+
+    Depth first, without recursion (the agent chose how deep its tree is)
+    and with one open directory at a time plus one on the way up: a
+    descriptor per level would run out on a tree deeper than the
+    supervisor's descriptor limit. Each level keeps its name, its identity
+    and its pending subdirectories; going back up opens ``..`` (never a
+    symlink) and checks it is the directory it came from."""
+    fd = _enter(parent_fd, name)
+    if fd is None:
+        return
+    try:
+        levels = [_Level(name, _identity(fd), _clear_files(fd))]
+        while levels:
+            level = levels[-1]
+            if level.pending:
+                child = level.pending.pop()
+                below = _enter(fd, child)
+                if below is not None:
+                    os.close(fd)
+                    fd = below
+                    levels.append(_Level(child, _identity(fd), _clear_files(fd)))
+                continue
+            levels.pop()
+            if not levels:
+                break
+            above = os.open("..", _DIRECTORY, dir_fd=fd)
+            if _identity(above) != levels[-1].identity:
+                os.close(above)
+                raise OSError(errno.ESTALE, f"{level.name} was moved during its removal")
+            os.close(fd)
+            fd = above
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(level.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
+def _enter(parent_fd: int, name: str) -> int | None:
+    """Open the directory ``name`` of ``parent_fd`` for listing, first
+    giving its owner back the ``rwx`` the agent may have taken away; None
+    if it is gone, or was no directory (it is then unlinked)."""
     try:
         handle = os.open(name, _HANDLE, dir_fd=parent_fd)
     except FileNotFoundError:
-        return
+        return None
     except OSError as error:
         if error.errno not in (errno.ENOTDIR, errno.ELOOP):
             raise
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=parent_fd)
-        return
+        return None
     try:
         # The same inode as the handle, reached through procfs: no second
         # lookup of ``name`` that a swap could redirect.
         reopen = Path(f"/proc/self/fd/{handle}")
         if stat.S_IMODE(os.fstat(handle).st_mode) & _OWNER_ALL != _OWNER_ALL:
             reopen.chmod(_OWNER_ALL)
-        fd = os.open(reopen, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(reopen, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     finally:
         os.close(handle)
-    try:
-        with os.scandir(fd) as listing:
-            entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
-        for entry, is_directory in entries:
-            if is_directory:
-                _remove_directory(fd, entry)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry, dir_fd=fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(name, dir_fd=parent_fd)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every entry of the directory ``fd`` that is not a directory
+    (a symlink is unlinked, never followed); return the subdirectories."""
+    with os.scandir(fd) as listing:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing]
+    for entry, is_directory in entries:
+        if not is_directory:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=fd)
+    return [entry for entry, is_directory in entries if is_directory]

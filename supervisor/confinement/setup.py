@@ -76,17 +76,20 @@ class AgentConfinement:
             self.cgroup.kill()
 
     def release(self) -> None:
-        """After the agent's tree is gone: close the broker, drop the cgroup,
-        remove the scratch directory. Each step runs even if one fails."""
+        """After the agent has exited: kill what is left of its tree and drop
+        the cgroup, close the broker, remove the scratch directory. Each step
+        runs even if one fails. The kill comes first: a process left (a
+        daemon) could keep the broker's thread busy and the scratch in use;
+        the broker's close waits a moment at most, never for the agent."""
         try:
-            if self.broker is not None:
-                self.broker.close()
+            if self.cgroup is not None:
+                self.cgroup.kill()
+                with contextlib.suppress(OSError):
+                    self.cgroup.remove()
         finally:
             try:
-                if self.cgroup is not None:
-                    self.cgroup.kill()
-                    with contextlib.suppress(OSError):
-                        self.cgroup.remove()
+                if self.broker is not None:
+                    self.broker.close()
             finally:
                 remove_scratch(self.scratch)
 

@@ -1,7 +1,7 @@
 """What this machine can enforce, found once by trying it.
 
 Every guarantee of docs/confinement.md depends on the kernel (Landlock's ABI,
-seccomp's user notification, cgroups, mount namespaces). The supervisor
+seccomp's user notification, cgroups, namespaces). The supervisor
 probes them once, in throw-away child processes (a probe must never confine
 the supervisor itself), and both ``capsup sandbox-check`` and the planner
 read the answer: under ``confine = "required"`` a missing guarantee stops
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from capsup.agents.confine import landlock, seccomp
 from capsup.agents.confine.errors import ConfinementError
-from capsup.agents.confine.namespace import private_shm
+from capsup.agents.confine.namespace import private_namespaces
 from capsup.supervisor.confinement.cgroup import CgroupManager
 from capsup.supervisor.confinement.reaper import become_subreaper
 
@@ -27,6 +27,7 @@ __all__ = ["Guarantee", "Support", "probe"]
 _LANDLOCK_SCOPED_ABI = 6
 #: Landlock's ABI that controls TCP bind and connect.
 _LANDLOCK_TCP_ABI = 4
+_NO_NAMESPACES = "no new namespaces (unprivileged user namespaces are off?)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Guarantee:
 class Support:
     landlock_abi: int
     seccomp: bool
+    #: Private mount (with /dev/shm), IPC and network namespaces.
     shm: bool
     cgroups: str | None
     subreaper: bool
@@ -88,9 +90,15 @@ class Support:
             Guarantee(
                 "private /dev/shm",
                 self.shm,
-                "a tmpfs of its own in a mount namespace"
+                "a tmpfs of its own in a mount namespace" if self.shm else _NO_NAMESPACES,
+            ),
+            Guarantee(
+                "private ipc and network",
+                self.shm,
+                "IPC and network namespaces of its own: SysV IPC and message queues, "
+                "abstract unix sockets; no TCP or UDP"
                 if self.shm
-                else "no mount namespace (unprivileged user namespaces are off?)",
+                else _NO_NAMESPACES,
             ),
             Guarantee(
                 "process bound",
@@ -130,7 +138,7 @@ def probe() -> Support:
     return Support(
         landlock_abi=landlock.abi_version(),
         seccomp=_seccomp_works(),
-        shm=_in_child(lambda: private_shm(1 << 20)),
+        shm=_in_child(lambda: private_namespaces(1 << 20)),
         cgroups=cgroups,
         subreaper=become_subreaper(),
         root=os.geteuid() == 0,

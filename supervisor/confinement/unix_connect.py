@@ -21,14 +21,35 @@ answers them on a thread of its own:
    cannot read) is refused with EPERM and reported to ``on_refused``; a
    socket absent from the scratch directory gets ENOENT, as it would
    unconfined;
-3. it takes a duplicate of the agent's own socket (``pidfd_getfd``), checks
-   again that the notification is pending, connects the duplicate and
-   answers with the result of that ``connect()``: 0, or its errno (EAGAIN
-   and EINPROGRESS included, as the agent's non-blocking socket would see
-   them). The agent's socket keeps its options and its epoll registrations;
-   an ``SECCOMP_IOCTL_NOTIF_ADDFD`` replacement would lose both. A blocking
-   socket gets a send timeout of at most 1 s for the connect (restored
-   after), so a listener with a full backlog cannot stall the broker.
+3. it connects a socket of its own, never the agent's. The agent's socket
+   is only read, through a duplicate (``pidfd_getfd``): its type, whether it
+   blocks, whether it is connected or listening already, the options of
+   :data:`_KEPT_OPTIONS`. Its file status flags and options are the
+   agent's to change at any moment from any of its processes (the file is
+   shared across ``fork``), so a connect on it would wait for as long as
+   the agent liked: a listener of its own with a full backlog, the socket
+   made blocking without a send timeout between the broker's check and its
+   ``connect()``, and the broker's thread (and the supervisor's clean-up
+   that waits for it) hangs. The broker's socket, of the same type, is
+   connected without waiting if the agent's socket does not block, and
+   otherwise waits for room in the listener's backlog for at most
+   :data:`_CONNECT_BOUND` (the agent's send timeout if shorter), as the
+   agent's blocking ``connect()`` would (without the bound); only the broker
+   can change that socket's flags. A failure's errno (EAGAIN, ECONNREFUSED,
+   ...) is the agent's answer. A connected socket gets the agent's kept
+   options, and its ``O_NONBLOCK`` and close-on-exec flags as they are at
+   that moment; ``SECCOMP_IOCTL_NOTIF_ADDFD`` with ``SETFD`` puts it in the
+   agent's descriptor table at the number the agent connected, in place of
+   its socket, and the answer is 0. What the replaced socket had and this
+   one lacks: a name it was bound to, options outside the table, and epoll
+   registrations (libzmq and asyncio register a socket after its
+   ``connect()`` returns).
+
+The broker's sockets are made in the agent's network namespace: its thread
+joins it (``setns``) at the first ``connect()``. An unprivileged supervisor
+may not; its sockets are then made in its own namespace and autobound, so
+that the agent cannot bind one to an abstract name of the host's (it can
+still list the host's network interfaces with ``SIOCGIFCONF`` on it).
 
 It never answers with ``SECCOMP_USER_NOTIF_FLAG_CONTINUE``: the kernel would
 then read the address again, after the check, from memory that the agent's
@@ -47,16 +68,19 @@ future ``connect()`` calls with ENOSYS. An exception from ``on_refused``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import select
 import signal
+import socket
 import struct
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from capsup.agents.confine._libc import libc
 from capsup.agents.confine.seccomp import native_arch
@@ -64,13 +88,17 @@ from capsup.agents.confine.seccomp import native_arch
 __all__ = ["UnixConnectBroker"]
 
 # <linux/seccomp.h>: struct seccomp_notif {u64 id; u32 pid; u32 flags;
-# struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}} and
-# struct seccomp_notif_resp {u64 id; s64 val; s32 error; u32 flags}.
+# struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}},
+# struct seccomp_notif_resp {u64 id; s64 val; s32 error; u32 flags} and
+# struct seccomp_notif_addfd {u64 id; u32 flags; u32 srcfd; u32 newfd; u32 newfd_flags}.
 _NOTIF = struct.Struct("=QIIiIQ6Q")
 _RESPONSE = struct.Struct("=QqiI")
+_ADDFD = struct.Struct("=QIIII")
 _IOCTL_NOTIF_RECV = 0xC050_2100  # _IOWR('!', 0, struct seccomp_notif)
 _IOCTL_NOTIF_SEND = 0xC018_2101  # _IOWR('!', 1, struct seccomp_notif_resp)
 _IOCTL_NOTIF_ID_VALID = 0x4008_2102  # _IOW('!', 2, __u64)
+_IOCTL_NOTIF_ADDFD = 0x4018_2103  # _IOW('!', 3, struct seccomp_notif_addfd)
+_ADDFD_FLAG_SETFD = 1 << 0  # at newfd, replacing what is there (dup2)
 
 _SOCKADDR_UN_SIZE = 110  # sa_family_t + sun_path[108]
 _SUN_PATH = 2
@@ -81,10 +109,45 @@ _SYS_OPENAT2 = 437
 _SYS_PIDFD_GETFD = 438
 _PIDFD_THREAD = os.O_EXCL  # Linux 6.9+: a pidfd for a thread, not its group
 _RESOLVE = 0x01 | 0x02 | 0x04 | 0x08  # NO_XDEV, NO_MAGICLINKS, NO_SYMLINKS, BENEATH
+_CLONE_NEWNET = 0x4000_0000
 
+_SOL_SOCKET = 1
+_SO_TYPE = 3
+_SO_ACCEPTCONN = 30
+_SO_DOMAIN = 39
 _SO_SNDTIMEO = 21
 _TIMEVAL = struct.Struct("=qq")
 _CONNECT_BOUND = (1, 0)  # seconds, microseconds
+#: How long :meth:`UnixConnectBroker.close` waits for the thread, at most.
+_CLOSE_WAIT = 0.25
+_KINDS = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)  # what the filter lets it make
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A ``SOL_SOCKET`` option the agent may have set before ``connect()``."""
+
+    name: int
+    size: int
+    #: The kernel reports twice the value set (SO_SNDBUF, SO_RCVBUF).
+    doubled: bool = False
+
+    def to_set(self, reported: bytes) -> bytes:
+        """What to pass to ``setsockopt`` to get ``reported`` back."""
+        if not self.doubled:
+            return reported
+        return struct.pack("=i", struct.unpack("=i", reported)[0] // 2)
+
+
+#: The options a replacing socket takes over from the agent's: those a unix
+#: stream client plausibly sets before it connects.
+_KEPT_OPTIONS = (
+    _Option(7, 4, doubled=True),  # SO_SNDBUF
+    _Option(8, 4, doubled=True),  # SO_RCVBUF
+    _Option(16, 4),  # SO_PASSCRED
+    _Option(20, _TIMEVAL.size),  # SO_RCVTIMEO
+    _Option(_SO_SNDTIMEO, _TIMEVAL.size),
+)
 
 
 class _IoVec(ctypes.Structure):
@@ -118,15 +181,12 @@ _getsockopt = ctypes.CFUNCTYPE(
     ctypes.POINTER(ctypes.c_uint),
     use_errno=True,
 )(("getsockopt", libc()))
-_setsockopt = ctypes.CFUNCTYPE(
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-    use_errno=True,
-)(("setsockopt", libc()))
+_getpeername = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint), use_errno=True
+)(("getpeername", libc()))
+_setns = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, use_errno=True)(
+    ("setns", libc())
+)
 
 
 def _syscall(number: int, *args: int | ctypes.c_void_p) -> int:
@@ -158,6 +218,23 @@ class _InScratch:
     path: str
 
 
+@dataclass(frozen=True)
+class _AgentSocket:
+    """What the broker read of the socket the agent asked to connect."""
+
+    kind: int
+    blocking: bool
+    #: (option, value as ``getsockopt`` reported it), for :data:`_KEPT_OPTIONS`.
+    options: tuple[tuple[_Option, bytes], ...]
+
+    @property
+    def send_timeout(self) -> tuple[int, int]:
+        """Its ``SO_SNDTIMEO``: (seconds, microseconds), (0, 0) for none."""
+        value = next(value for option, value in self.options if option.name == _SO_SNDTIMEO)
+        seconds, microseconds = _TIMEVAL.unpack(value)
+        return seconds, microseconds
+
+
 class UnixConnectBroker:
     """Answers one agent's ``connect()`` notifications (module docstring).
 
@@ -186,11 +263,15 @@ class UnixConnectBroker:
         self._on_refused = on_refused
         self._lock = threading.Lock()
         self._closed = False
+        self._released = False
         self._listener = listener_fd
         self._scratch_fd = (
             None if scratch is None else os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         )
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
+        #: Whether this thread makes its sockets in the agent's network
+        #: namespace; None until the first connect() tells.
+        self._in_agent_netns: bool | None = None
         self._thread = threading.Thread(
             target=self._serve, name=f"capsup-unix-connect-{listener_fd}", daemon=True
         )
@@ -198,30 +279,42 @@ class UnixConnectBroker:
     def start(self) -> None:
         """Serve notifications on a daemon thread until :meth:`close`, or
         until every process under the filter is gone."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("UnixConnectBroker.start() after close()")
         self._thread.start()
 
-    def close(self) -> None:
+    def close(self, timeout: float = _CLOSE_WAIT) -> None:
         """Stop the thread (after the notification in hand, if any) and
-        close the listener. Idempotent."""
+        close the listener. Idempotent. Waits for the thread at most
+        ``timeout`` seconds: one still busy then (with a connect() to an
+        endpoint, itself bounded) closes the listener as it ends. Kill the
+        agent's processes first, so that none is left waiting for an answer."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("UnixConnectBroker.close() called from its own thread")
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        os.write(self._wake_write, b"x")
-        if self._thread.is_alive():
-            self._thread.join()
-        self._close_listener()
-        for fd in (self._wake_read, self._wake_write, self._scratch_fd):
+        if self._thread.ident is None:  # never started: nobody else holds the fds
+            self._release()
+        else:
+            # The thread may have ended and closed its end: EPIPE, no signal.
+            with contextlib.suppress(BrokenPipeError):
+                os.write(self._wake_write, b"x")
+            self._thread.join(timeout)
+        os.close(self._wake_write)
+
+    def _release(self) -> None:
+        """Close what the thread uses (once): by the thread as it ends, or by
+        :meth:`close` if it never started."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        for fd in (self._listener, self._wake_read, self._scratch_fd):
             if fd is not None:
                 os.close(fd)
-
-    def _close_listener(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, -1
-        if listener >= 0:
-            os.close(listener)
 
     def _serve(self) -> None:
         # No signal handler may interrupt a connect() made here with EINTR.
@@ -238,9 +331,9 @@ class UnixConnectBroker:
                     self._serve_one()
                 elif events:  # POLLHUP: no process uses the filter any more
                     return
-        except BaseException:
-            self._close_listener()  # fail closed: the kernel answers ENOSYS
-            raise
+        finally:
+            # Also on an unexpected error: fail closed, the kernel answers ENOSYS.
+            self._release()
 
     def _serve_one(self) -> None:
         buffer = bytearray(_NOTIF.size)  # RECV wants it zeroed
@@ -338,7 +431,49 @@ class UnixConnectBroker:
     def _connect_for(
         self, notification: int, tid: int, sockfd: int, path: str
     ) -> int | _Refusal | None:
-        """Connect the agent's own socket ``sockfd`` to ``path``."""
+        """Connect a socket of the broker's to ``path`` and put it in place
+        of the agent's socket ``sockfd``."""
+        agent = self._agent_socket(notification, tid, sockfd, path)
+        if not isinstance(agent, _AgentSocket):
+            return agent
+        in_agent_netns = self._join_agent_netns(notification, tid)
+        if in_agent_netns is None:
+            return None
+        with socket.socket(socket.AF_UNIX, agent.kind | socket.SOCK_CLOEXEC) as own:
+            if not in_agent_netns:
+                own.bind("")  # autobind: no abstract name of the host's for the agent
+            wait = None
+            if agent.blocking:
+                timeout = agent.send_timeout
+                wait = timeout if (0, 0) < timeout < _CONNECT_BOUND else _CONNECT_BOUND
+            result = _connect_own(own, os.fsencode(path), wait)
+            if result != 0:
+                return result
+            for option, value in agent.options:
+                if own.getsockopt(_SOL_SOCKET, option.name, option.size) != value:
+                    own.setsockopt(_SOL_SOCKET, option.name, option.to_set(value))
+            flags = _descriptor_flags(tid, sockfd)
+            if not self._pending(notification):
+                return None
+            if flags is None:  # the agent closed it meanwhile
+                return errno.EBADF
+            own.setblocking(not flags & os.O_NONBLOCK)
+            request = _ADDFD.pack(
+                notification, _ADDFD_FLAG_SETFD, own.fileno(), sockfd, flags & os.O_CLOEXEC
+            )
+            try:
+                fcntl.ioctl(self._listener, _IOCTL_NOTIF_ADDFD, bytearray(request))
+            except OSError as error:
+                if error.errno == errno.ENOENT:  # the caller died meanwhile
+                    return None
+                return error.errno or errno.EBADF
+        return 0
+
+    def _agent_socket(
+        self, notification: int, tid: int, sockfd: int, path: str
+    ) -> _AgentSocket | int | _Refusal | None:
+        """Read the agent's socket ``sockfd`` through a duplicate; an errno
+        for what the kernel itself would refuse."""
         try:
             pidfd = _pidfd_of(tid)
         except OSError as error:
@@ -356,11 +491,33 @@ class UnixConnectBroker:
         finally:
             os.close(pidfd)
         try:
-            if not self._pending(notification):
-                return None
-            return _connect_bounded(duplicate, os.fsencode(path))
+            return _inspect(duplicate)
         finally:
             os.close(duplicate)
+
+    def _join_agent_netns(self, notification: int, tid: int) -> bool | None:
+        """Whether this thread is in the agent's network namespace, joining
+        it the first time; None if the notification is no longer pending."""
+        if self._in_agent_netns is not None:
+            return self._in_agent_netns
+        try:
+            netns = os.open(f"/proc/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            netns = None
+        try:
+            if not self._pending(notification):  # the tid may name another process
+                return None
+            if netns is None:
+                joined = False
+            else:
+                theirs, ours = os.fstat(netns), Path("/proc/thread-self/ns/net").stat()
+                same = (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+                joined = same or _setns(netns, _CLONE_NEWNET) == 0
+        finally:
+            if netns is not None:
+                os.close(netns)
+        self._in_agent_netns = joined
+        return joined
 
 
 def _name(error: OSError) -> str:
@@ -391,33 +548,87 @@ def _pidfd_of(tid: int) -> int:
     raise OSError(errno.ESRCH, f"no Tgid for thread {tid}")
 
 
-def _connect_bounded(fd: int, path: bytes) -> int:
-    """``connect(fd, path)``: 0 or its errno. A blocking socket waits at
-    most :data:`_CONNECT_BOUND` (its own send timeout if shorter)."""
-    address = struct.pack("=H", 1) + path + b"\0"
+class _OptionReader:
+    """``getsockopt(fd, SOL_SOCKET, ...)`` through ctypes, without a Python
+    socket object (which could change the blocking mode of the agent's
+    file), into buffers made once for the reads of one socket."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._value = ctypes.create_string_buffer(_TIMEVAL.size)  # the largest read
+        self._length = ctypes.c_uint()
+        self._length_ref = ctypes.byref(self._length)
+
+    def raw(self, name: int, size: int = 4) -> bytes:
+        self._length.value = size
+        if _getsockopt(self._fd, _SOL_SOCKET, name, self._value, self._length_ref) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return self._value.raw[: self._length.value]
+
+    def integer(self, name: int) -> int:
+        return int.from_bytes(self.raw(name), "little", signed=True)
+
+    def connected(self) -> bool:
+        """Whether the socket has a peer (``getpeername`` succeeds)."""
+        self._length.value = _SOCKADDR_UN_SIZE
+        peer = ctypes.create_string_buffer(_SOCKADDR_UN_SIZE)
+        result: int = _getpeername(self._fd, peer, self._length_ref)
+        return result == 0
+
+
+def _inspect(fd: int) -> _AgentSocket | int | _Refusal:
+    """The agent's socket as :class:`_AgentSocket`, or the errno that the
+    kernel would answer its ``connect()`` with (not a socket, connected or
+    listening already), or a refusal (not a unix stream or seqpacket socket)."""
+    read = _OptionReader(fd)
     try:
-        blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        family = read.integer(_SO_DOMAIN)
     except OSError as error:
-        return error.errno or errno.EBADF
-    if not blocking:
-        return _connect_once(fd, address)
-    raw = ctypes.create_string_buffer(_TIMEVAL.size)
-    size = ctypes.c_uint(_TIMEVAL.size)
-    if _getsockopt(fd, 1, _SO_SNDTIMEO, raw, ctypes.byref(size)) != 0:  # SOL_SOCKET
-        return ctypes.get_errno()
-    previous = _TIMEVAL.unpack(raw.raw)
-    if previous != (0, 0) and previous <= _CONNECT_BOUND:
-        return _connect_once(fd, address)
-    bound = _TIMEVAL.pack(*_CONNECT_BOUND)
-    if _setsockopt(fd, 1, _SO_SNDTIMEO, bound, len(bound)) != 0:
-        return ctypes.get_errno()
+        return error.errno or errno.ENOTSOCK
+    kind = read.integer(_SO_TYPE)
+    if family != socket.AF_UNIX or kind not in _KINDS:
+        return _Refusal(
+            f"a socket of family {family}, type {kind}",
+            "only unix stream and seqpacket sockets are brokered",
+        )
+    if read.integer(_SO_ACCEPTCONN):
+        return errno.EINVAL
+    if read.connected():
+        return errno.EISCONN
+    blocking = not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+    options = tuple((option, read.raw(option.name, option.size)) for option in _KEPT_OPTIONS)
+    return _AgentSocket(kind, blocking, options)
+
+
+def _descriptor_flags(tid: int, fd: int) -> int | None:
+    """The file status flags of ``tid``'s descriptor ``fd``, with
+    ``O_CLOEXEC`` if it is close-on-exec (``/proc/TID/fdinfo``: the one place
+    that says); None if there is no such descriptor (or thread)."""
     try:
-        return _connect_once(fd, address)
+        info = os.open(f"/proc/{tid}/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        text = os.read(info, 4096)
     finally:
-        _setsockopt(fd, 1, _SO_SNDTIMEO, raw.raw, len(raw.raw))
+        os.close(info)
+    for line in text.splitlines():
+        if line.startswith(b"flags:"):
+            return int(line.split()[1], 8)
+    return None
 
 
-def _connect_once(fd: int, address: bytes) -> int:
-    if _connect(fd, address, len(address)) == 0:
-        return 0
-    return ctypes.get_errno()
+def _connect_own(own: socket.socket, path: bytes, wait: tuple[int, int] | None) -> int:
+    """Connect the broker's socket ``own`` to ``path``: 0 or the errno.
+    Without ``wait``, at once (non-blocking); with it, waiting at most that
+    long (seconds, microseconds) for room in the listener's backlog."""
+    own.setblocking(wait is not None)
+    if wait is not None:
+        own.setsockopt(_SOL_SOCKET, _SO_SNDTIMEO, _TIMEVAL.pack(*wait))
+    address = struct.pack("=H", socket.AF_UNIX) + path + b"\0"
+    while _connect(own.fileno(), address, len(address)) != 0:
+        code = ctypes.get_errno()
+        if code != errno.EINTR:  # EINTR: a stop of the supervisor; signals are blocked
+            return code
+    return 0

@@ -1,7 +1,8 @@
 """A confined agent for tests/confine/test_unix_connect.py.
 
-Run as ``python connect_agent.py FD``, FD a unix socket to the test. The
-agent loads the seccomp filter with ``connect()`` notification, sends the
+Run as ``python connect_agent.py FD [--netns]``, FD a unix socket to the
+test. The agent (with ``--netns``: in a network namespace of its own, as
+root) loads the seccomp filter with ``connect()`` notification, sends the
 listener to the test (SCM_RIGHTS) and closes its own copy, as the bootstrap
 does; then it runs the test's commands, one JSON line ``[name, *args]`` in,
 one JSON line out, until ``["exit"]``.
@@ -9,8 +10,10 @@ one JSON line out, until ``["exit"]``.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -167,6 +170,123 @@ def median_connect_us(path: str, count: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def replaced(path: str, kind: str, nonblocking: bool, inheritable: bool) -> list[Any]:
+    """What the agent's descriptor is after a brokered connect(): the same
+    number, connected, its type and its flags as they were."""
+    sock_type = {"stream": socket.SOCK_STREAM, "seqpacket": socket.SOCK_SEQPACKET}[kind]
+    with socket.socket(socket.AF_UNIX, sock_type) as sock:
+        sock.setblocking(not nonblocking)
+        sock.set_inheritable(inheritable)
+        number = sock.fileno()
+        if LIBC.connect(number, _address(path), len(_address(path))) != 0:
+            return [errno.errorcode[ctypes.get_errno()]]
+        flags = fcntl.fcntl(number, fcntl.F_GETFL)
+        return [
+            number == sock.fileno(),
+            sock.getpeername(),
+            bool(flags & os.O_NONBLOCK),
+            os.get_inheritable(number),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == sock_type,
+        ]
+
+
+def _address(path: str) -> bytes:
+    return struct.pack("=H", socket.AF_UNIX) + path.encode() + b"\0"
+
+
+def file_left_behind(path: str) -> list[Any]:
+    """A duplicate of the socket, taken before connect(), shares its file: is
+    that file what got connected? (It must not be: its flags and options
+    are the agent's to change while the broker connects.)"""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with sock, socket.socket(fileno=os.dup(sock.fileno())) as before:
+        sock.connect(path)
+        try:
+            left: str = before.getpeername()
+        except OSError as error:
+            left = code(error)
+        return [sock.getpeername(), left]
+
+
+def connect_again(path: str) -> list[Any]:
+    """A second connect() of a connected socket: EISCONN, as unconfined."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        try:
+            sock.connect(path)
+        except OSError as error:
+            return [code(error)]
+        return ["ok"]
+
+
+def connect_a_listener(path: str) -> list[Any]:
+    """connect() of a listening socket: EINVAL, as unconfined."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(f"listening-{os.getpid()}.sock")
+        sock.listen()
+        try:
+            sock.connect(path)
+        except OSError as error:
+            return [code(error)]
+        finally:
+            os.unlink(f"listening-{os.getpid()}.sock")
+        return ["ok"]
+
+
+def interfaces(path: str) -> list[str]:
+    """The network interfaces SIOCGIFCONF lists through the socket the
+    broker connected: those of the namespace the socket was made in."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        return interface_names(sock)
+
+
+def interface_names(sock: socket.socket) -> list[str]:
+    buffer = array.array("B", bytes(4096))
+    request = struct.pack("iP", len(buffer), buffer.buffer_info()[0])  # struct ifconf
+    used = struct.unpack("iP", fcntl.ioctl(sock.fileno(), 0x8912, request))[0]  # SIOCGIFCONF
+    names = buffer.tobytes()[:used]
+    return [names[at : at + 16].split(b"\0", 1)[0].decode() for at in range(0, used, 40)]
+
+
+def toggled_connects(count: int) -> list[Any]:
+    """The review's hang: a listener of the agent's own with a full backlog,
+    and a child that flips the connecting socket between blocking and not
+    (with no send timeout) all the while. Returns the answers seen and the
+    longest a connect() took."""
+    name = f"full-{os.getpid()}.sock"
+    path = os.path.join(os.getcwd(), name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(name)
+    listener.listen(0)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    filler.connect(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    number = sock.fileno()
+    toggler = os.fork()
+    if toggler == 0:
+        forever = struct.pack("=qq", 0, 0)
+        while True:
+            fcntl.fcntl(number, fcntl.F_SETFL, os.O_RDWR | os.O_NONBLOCK)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, forever)
+            fcntl.fcntl(number, fcntl.F_SETFL, os.O_RDWR)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, forever)
+    answers, longest = set(), 0.0
+    try:
+        for _ in range(count):
+            started = time.monotonic()
+            result = LIBC.connect(number, _address(path), len(_address(path)))
+            longest = max(longest, time.monotonic() - started)
+            answers.add("ok" if result == 0 else errno.errorcode[ctypes.get_errno()])
+    finally:
+        os.kill(toggler, signal.SIGKILL)
+        os.waitpid(toggler, 0)
+        for closing in (sock, filler, listener):
+            closing.close()
+        os.unlink(name)
+    return [sorted(answers), longest]
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "connect": connect,
     "connect_nonblocking": connect_nonblocking,
@@ -179,11 +299,19 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "in_thread": in_thread,
     "second_listener": second_listener,
     "median_connect_us": median_connect_us,
+    "replaced": replaced,
+    "file_left_behind": file_left_behind,
+    "connect_again": connect_again,
+    "connect_a_listener": connect_a_listener,
+    "interfaces": interfaces,
+    "toggled_connects": toggled_connects,
 }
 
 
 def main() -> None:
     channel = socket.socket(fileno=int(sys.argv[1]))
+    if "--netns" in sys.argv[2:] and LIBC.unshare(0x4000_0000) != 0:  # CLONE_NEWNET
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     listener = seccomp.install(notify_connect=True)
     assert listener is not None
     socket.send_fds(channel, [b"L"], [listener])

@@ -38,6 +38,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
 ARCH = seccomp.native_arch()
 BAD = 1  # an address nothing is mapped at
+NO_KEY = 0x7E57_C495  # a SysV IPC key nothing has
 SIGCHLD = int(signal.SIGCHLD)
 
 
@@ -171,10 +172,37 @@ def open_by_handle_at() -> None:
 
 
 def controlling_pty() -> int:
+    """A new session, whose controlling terminal is a new pty: taken by
+    opening it without O_NOCTTY (TIOCSCTTY is one of the refused ioctls)."""
     os.setsid()
-    _, terminal = os.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+    _, secondary = os.openpty()
+    terminal = os.open(os.ttyname(secondary), os.O_RDWR)
+    os.close(secondary)
     return terminal
+
+
+def tiocsctty() -> None:
+    os.setsid()
+    _, secondary = os.openpty()  # O_NOCTTY: not the controlling terminal yet
+    fcntl.ioctl(secondary, termios.TIOCSCTTY, 0)
+    assert os.tcgetpgrp(secondary) == os.getpgrp()
+
+
+def tiocspgrp() -> None:
+    """The review's attempt: another process group of the session takes the
+    terminal's foreground (tcsetpgrp is ioctl TIOCSPGRP)."""
+    terminal = controlling_pty()
+    other = os.fork()
+    if other == 0:
+        while True:
+            signal.pause()
+    try:
+        os.setpgid(other, other)
+        os.tcsetpgrp(terminal, other)
+        assert os.tcgetpgrp(terminal) == other
+    finally:
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
 
 
 def tiocsti() -> None:
@@ -285,6 +313,8 @@ ATTEMPTS: dict[str, Callable[[], object]] = {
     "open_by_handle_at": open_by_handle_at,
     "ioctl TIOCSTI": tiocsti,
     "ioctl TIOCLINUX": tioclinux,
+    "ioctl TIOCSPGRP": tiocspgrp,
+    "ioctl TIOCSCTTY": tiocsctty,
     "prctl PR_SET_PDEATHSIG 0": lambda: prctl(1, 0),
     "prctl PR_SET_PDEATHSIG, high bits set": lambda: prctl((1 << 32) | 1, 0),
     "prctl PR_SET_PTRACER": lambda: prctl(0x5961_6D61, 0),
@@ -401,6 +431,26 @@ PROBE_ARGS: dict[str, tuple[int, ...]] = {
     "setdomainname": (BAD, 1 << 20),
     "vhangup": (),  # run after setsid(): no controlling terminal to hang up
     "fanotify_init": (0xFFFF_FFFF, 0),
+    # A key no one uses (a lookup, not IPC_PRIVATE, which would create), and
+    # ids and queue descriptors that name nothing.
+    "shmget": (NO_KEY, 0, 0),
+    "shmat": (-1, 0, 0),
+    "shmctl": (-1, 2, 0),  # IPC_STAT
+    "shmdt": (BAD,),
+    "msgget": (NO_KEY, 0),
+    "msgsnd": (-1, 0, 0, 0),
+    "msgrcv": (-1, 0, 0, 0, 0),
+    "msgctl": (-1, 2, 0),
+    "semget": (NO_KEY, 0, 0),
+    "semop": (-1, 0, 0),
+    "semtimedop": (-1, 0, 0, 0),
+    "semctl": (-1, 0, 2, 0),
+    "mq_open": (BAD, 0, 0, 0),
+    "mq_unlink": (BAD,),
+    "mq_timedsend": (-1, 0, 0, 0, 0),
+    "mq_timedreceive": (-1, 0, 0, 0, 0),
+    "mq_notify": (-1, 0),
+    "mq_getsetattr": (-1, 0, 0),
 }
 
 

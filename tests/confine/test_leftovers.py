@@ -6,6 +6,7 @@ whole story with real ones)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from capsup.supervisor.confinement.leftovers import (
     _start_ticks,
     sweep_leftovers,
 )
+from confine_child import in_child
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
@@ -226,3 +228,45 @@ def test_a_cgroup_whose_pid_was_reused_is_killed(place: Path) -> None:
         assert not base.exists()
     finally:
         _clean(base, daemon, reused)
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_swept(tmp_path: Path) -> None:
+    """The review's deep tree: it stopped every later supervisor's start-up
+    with a RecursionError, and stayed."""
+    pid, start = _dead_process()
+    dead = tmp_path / f"capsup-{pid}-{start}-abcd1234"
+    dead.mkdir(mode=0o700)
+    fd = os.open(dead, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    assert sweep_leftovers(tmp_path) == []
+    assert not dead.exists()
+
+
+def test_a_directory_that_cannot_go_is_one_line_and_the_others_still_go(tmp_path: Path) -> None:
+    """A mount point inside one dead runtime directory (EBUSY): reported in
+    one line, and the sweep goes on to the next."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting takes root")
+    pid, start = _dead_process()
+    stuck = tmp_path / f"capsup-{pid}-{start}-aaaa1111"
+    removable = tmp_path / f"capsup-{pid}-{start}-bbbb2222"
+    for directory in (stuck, removable):
+        (directory / "scratch" / "1").mkdir(parents=True)
+
+    def sweep_with_a_mount() -> tuple[list[str], bool, bool]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.unshare(0x0002_0000) == 0  # CLONE_NEWNS: the mount stays here
+        assert libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0  # MS_REC|MS_PRIVATE
+        target = str(stuck / "scratch" / "1").encode()
+        assert libc.mount(b"capsup-test", target, b"tmpfs", 0, None) == 0
+        return sweep_leftovers(tmp_path), stuck.exists(), removable.exists()
+
+    problems, stuck_left, removable_left = in_child(sweep_with_a_mount)
+    assert (stuck_left, removable_left) == (True, False)
+    [problem] = problems
+    assert str(stuck) in problem and "EBUSY" in problem and "\n" not in problem

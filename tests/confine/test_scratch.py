@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -206,15 +206,19 @@ def as_nobody(parent: Path, outside: Path) -> dict[str, object]:
     return result
 
 
-def in_child(parent: Path, outside: Path) -> dict[str, object]:
-    """:func:`as_nobody` in a forked child (pytest keeps its root)."""
+def in_child(
+    parent: Path,
+    outside: Path,
+    function: Callable[[Path, Path], dict[str, object]] = as_nobody,
+) -> dict[str, object]:
+    """``function`` (:func:`as_nobody`) in a forked child (pytest keeps its root)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         status = 1
         try:
-            report = json.dumps(as_nobody(parent, outside))
+            report = json.dumps(function(parent, outside))
             status = 0
         except BaseException:
             report = json.dumps({"error": traceback.format_exc()})
@@ -256,4 +260,64 @@ def test_remove_scratch_undoes_an_agents_chmod_without_privileges(nobody_dir: Pa
     # ...and not this one, which leaves what the links point to alone.
     assert result["removed"] is True
     assert result["control_removed"] is True
+    assert_outside_intact(outside)
+
+
+DEEP = 5000
+
+
+def make_deep_tree(top: Path, outside: Path, depth: int, lock_every: int = 0) -> None:
+    """``top/d/d/.../d`` ``depth`` levels down, with a file, a link out and a
+    side branch here and there; every ``lock_every``-th level made
+    unreadable and unwritable (``chmod 000``) once its child exists. Built
+    through descriptors: the path is far longer than PATH_MAX."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1, depth + 1):
+            os.mkdir("d", dir_fd=fd)
+            if level % 1000 == 0:
+                os.mkdir("side", dir_fd=fd)
+                os.symlink(outside, "out", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            if lock_every and level % lock_every == 0:
+                os.fchmod(fd, 0)
+            os.close(fd)
+            fd = below
+        leftover = os.open("leftover.txt", os.O_WRONLY | os.O_CREAT, 0o400, dir_fd=fd)
+        os.close(leftover)
+        os.symlink(outside, "to-outside", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_remove_scratch_removes_a_tree_deeper_than_pythons_recursion_limit(
+    parent: Path, outside: Path
+) -> None:
+    scratch = make_scratch(parent, "agent-a")
+    make_deep_tree(scratch, outside, DEEP)
+    remove_scratch(scratch)
+    assert list(parent.iterdir()) == []
+    assert_outside_intact(outside)
+
+
+def deep_as_nobody(parent: Path, outside: Path) -> dict[str, object]:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    scratch = make_scratch(parent, "agent-a")
+    make_deep_tree(scratch, outside, DEEP, lock_every=700)
+    remove_scratch(scratch)
+    return {"removed": not scratch.exists()}
+
+
+def test_remove_scratch_undoes_chmod_deep_in_a_deep_tree_without_privileges(
+    nobody_dir: Path,
+) -> None:
+    parent, outside = nobody_dir / "scratch", nobody_dir / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep")
+    (outside / "deep" / "keep.txt").write_text("keep")
+    for path in (outside, outside / "deep", outside / "keep.txt", outside / "deep" / "keep.txt"):
+        os.chown(path, NOBODY, NOBODY)
+    assert in_child(parent, outside, deep_as_nobody) == {"removed": True}
     assert_outside_intact(outside)

@@ -81,6 +81,8 @@ REFUSED: dict[str, tuple[str, str]] = {
     "open_by_handle_at": ("open_by_handle_at", "EPERM"),
     "ioctl TIOCSTI": ("ioctl", "EPERM"),
     "ioctl TIOCLINUX": ("ioctl", "EPERM"),
+    "ioctl TIOCSPGRP": ("ioctl", "EPERM"),
+    "ioctl TIOCSCTTY": ("ioctl", "EPERM"),
     "prctl PR_SET_PDEATHSIG 0": ("prctl", "EPERM"),
     "prctl PR_SET_PDEATHSIG, high bits set": ("prctl", "EPERM"),
     "prctl PR_SET_PTRACER": ("prctl", "EPERM"),
