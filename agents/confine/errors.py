@@ -9,7 +9,7 @@ class ConfinementError(Exception):
     """A confinement step could not be applied.
 
     ``feature`` names the guarantee that is missing (``"landlock"``,
-    ``"seccomp"``, ``"limits"``, ``"privileges"``, ``"shm"``, ...), so the
+    ``"seccomp"``, ``"limits"``, ``"privileges"``, ``"namespaces"``, ...), so the
     bootstrap can say in one line what this kernel lacks and the way out.
     Pickles cleanly: the message and the feature are its only state.
     """
