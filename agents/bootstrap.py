@@ -26,6 +26,7 @@ Everything above survives ``execve``.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import json
 import os
@@ -97,6 +98,14 @@ def _parse(args: list[str]) -> tuple[int, bool, str | None, list[str]] | None:
 def _confine(text: str) -> bool:
     """Carry out the plan and report to the supervisor; False (after one
     line on stderr) if the agent must not start."""
+    # The move into the agent's cgroup waits on the kernel for ~10 ms: start
+    # it first, and import the rest meanwhile (confine() waits for it).
+    from capsup.agents.confine.cgroup_join import Joining
+
+    joining: Joining | None = None
+    with contextlib.suppress(ValueError, AttributeError):  # the plan's own parse says
+        procs = json.loads(text).get("cgroup_procs")
+        joining = Joining(procs) if isinstance(procs, str) else None
     # Imported here: an unconfined agent's start-up should not pay for it.
     from capsup.agents.confine.apply import confine
     from capsup.agents.confine.errors import ConfinementError
@@ -104,7 +113,7 @@ def _confine(text: str) -> bool:
 
     try:
         plan = ConfinementPlan.from_json(text)
-        done = confine(plan)
+        done = confine(plan, joining)
     except (ConfinementError, ValueError) as error:
         print(
             f"capsup: cannot confine the agent: {error} (`capsup sandbox-check` lists what "

@@ -17,10 +17,10 @@ Then the bootstrap reports over the descriptor socket and becomes the agent.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from capsup.agents.confine import landlock, seccomp
+from capsup.agents.confine.cgroup_join import Joining
 from capsup.agents.confine.errors import ConfinementError
 from capsup.agents.confine.limits import ResourceLimits, apply_limits
 from capsup.agents.confine.namespace import private_namespaces
@@ -39,18 +39,18 @@ class Confined:
     listener: int | None = None
 
 
-def confine(plan: ConfinementPlan) -> Confined:
+def confine(plan: ConfinementPlan, joining: Joining | None = None) -> Confined:
     """Apply ``plan`` to the calling process; raises :class:`ConfinementError`
-    naming the step that failed (the agent must then not start)."""
+    naming the step that failed (the agent must then not start).
+    ``joining``: the move into the plan's cgroup, if the caller started it
+    early (see :mod:`~capsup.agents.confine.cgroup_join`)."""
     done = Confined()
     if plan.cgroup_procs is not None:
-        try:
-            with open(plan.cgroup_procs, "w") as procs:
-                procs.write(str(os.getpid()))
-        except OSError as error:
-            raise ConfinementError(
-                "processes", f"cannot join the agent's cgroup: {error}"
-            ) from None
+        if joining is None or joining.procs_path != plan.cgroup_procs:
+            joining = Joining(plan.cgroup_procs)
+        error = joining.wait()
+        if error is not None:
+            raise ConfinementError("processes", f"cannot join the agent's cgroup: {error}")
         done.enforced.append("processes")
     if plan.shm_bytes:
         private_namespaces(plan.shm_bytes)

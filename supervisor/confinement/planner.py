@@ -99,7 +99,7 @@ def code_paths(
             read_exec.append(resolved)
     read_only: list[str] = []
     for arg in argv[1:]:
-        if not arg.startswith("-") and Path(arg).is_file():
+        if not arg.startswith("-") and _is_file(arg):
             script = Path(arg).resolve()
             wide = _too_wide(script.parent, protected)
             read_only.append(str(script if wide else script.parent))
@@ -109,6 +109,15 @@ def code_paths(
         read_exec = [p for p in read_exec if any(_within(p, r) for r in parent.read_exec)]
         read_only = [p for p in read_only if any(_within(p, r) for r in readable)]
     return tuple(read_exec), tuple(read_only)
+
+
+def _is_file(arg: str) -> bool:
+    """Whether ``arg`` names a file; an argument that cannot be a path (the
+    code after ``python -c``, longer than a file name may be) is not one."""
+    try:
+        return Path(arg).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _too_wide(directory: Path, protected: Sequence[str]) -> bool:
