@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import zmq
 from capsup.agents import protocol as p
@@ -75,6 +75,10 @@ _RECV = int(zmq.NOBLOCK)
 # above (routing_id and group handling for draft socket types, which a
 # ROUTER never uses): half the cost of a send, and a reply is two.
 _send_frame = zmq.backend.Socket.send
+# The same for reading a socket's ZMQ_EVENTS, with plain ints.
+_getsockopt = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 #: The C library, whose rand() seeds libzmq's routing id counters.
 _libc = ctypes.CDLL(None)
 
@@ -431,7 +435,12 @@ class Server:
         self._timers()
 
     def _serve(self, sock: zmq.Socket[bytes]) -> None:
-        """A batch of requests from one ROUTER socket."""
+        """A batch of requests from one ROUTER socket.
+
+        After each message the socket is asked whether another waits
+        (``ZMQ_EVENTS``, 1.7 us) rather than tried until it raises
+        ``zmq.Again`` (4.2 us): a confined agent's socket, its own, mostly
+        holds one request per turn, so the miss is paid once per agent."""
         self._serving = sock
         for _ in range(_BATCH):
             try:
@@ -439,6 +448,8 @@ class Server:
             except zmq.Again:
                 break
             self._handle(raw, user)
+            if not cast(int, _getsockopt(sock, _EVENTS)) & _POLLIN:
+                break
 
     def _bounded(self, timeout: float | None) -> float | None:
         now = time.time()

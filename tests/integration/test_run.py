@@ -19,6 +19,7 @@ import pytest
 import zmq
 from runner import (
     CAPSUP,
+    alive,
     capsup_run,
     read_audit,
     start_capsup,
@@ -553,10 +554,12 @@ def test_a_killed_supervisor_takes_its_agents_and_a_restart_revokes_their_rights
     agent_pid, cap_id = (tmp_path / "granted").read_text().split()
     proc.kill()  # SIGKILL: no cleanup runs in the supervisor
     proc.wait(timeout=10)
+    # Dead, not reaped: the supervisor that would reap it is gone, and the
+    # agent's zombie waits for init.
     deadline = time.monotonic() + 10
-    while psutil.pid_exists(int(agent_pid)) and time.monotonic() < deadline:
+    while alive(int(agent_pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not psutil.pid_exists(int(agent_pid)), "the agent outlived its supervisor"
+    assert not alive(int(agent_pid)), "the agent outlived its supervisor"
 
     from capsup.supervisor.store import Store
 
