@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
 import zmq
 from capsup.agents import protocol as p
@@ -75,10 +75,6 @@ _RECV = int(zmq.NOBLOCK)
 # above (routing_id and group handling for draft socket types, which a
 # ROUTER never uses): half the cost of a send, and a reply is two.
 _send_frame = zmq.backend.Socket.send
-# The same for reading a socket's ZMQ_EVENTS, with plain ints.
-_getsockopt = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 #: The C library, whose rand() seeds libzmq's routing id counters.
 _libc = ctypes.CDLL(None)
 
@@ -430,26 +426,27 @@ class Server:
         if self._zap in ready:
             self._answer_zap()
         for item in ready:
-            if item is self._socket or item in self._routers:
-                self._serve(item)
+            if item is self._socket:
+                self._serve(item, _BATCH)
+            elif item in self._routers:
+                self._serve(item, 1)
         self._timers()
 
-    def _serve(self, sock: zmq.Socket[bytes]) -> None:
-        """A batch of requests from one ROUTER socket.
+    def _serve(self, sock: zmq.Socket[bytes], batch: int) -> None:
+        """Up to ``batch`` requests from one ROUTER socket.
 
-        After each message the socket is asked whether another waits
-        (``ZMQ_EVENTS``, 1.7 us) rather than tried until it raises
-        ``zmq.Again`` (4.2 us): a confined agent's socket, its own, mostly
-        holds one request per turn, so the miss is paid once per agent."""
+        A confined agent's socket is its own, and mostly holds one request
+        per turn: it is served one request a turn (the poller says when
+        another waits), which spares trying it until it raises ``zmq.Again``
+        (4.2 us, as much as a tenth of a validation) and takes the agents in
+        turn. The shared socket is served in batches."""
         self._serving = sock
-        for _ in range(_BATCH):
+        for _ in range(batch):
             try:
                 raw, user = self._receive(sock)
             except zmq.Again:
                 break
             self._handle(raw, user)
-            if not cast(int, _getsockopt(sock, _EVENTS)) & _POLLIN:
-                break
 
     def _bounded(self, timeout: float | None) -> float | None:
         now = time.time()
