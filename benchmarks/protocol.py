@@ -12,8 +12,8 @@ Measures, in one run, on whatever machine runs it:
 2. capsup ``validate`` over the real protocol: a real supervisor
    (:class:`~capsup.supervisor.runtime.Runtime`, audit trail and metrics on,
    as shipped) in this process, against 1, 4 and 8 real agents it spawned
-   (authenticated by pid), running the same client loop as the echo: only
-   the payload differs;
+   (confined, as by default, each identified by an endpoint of its own),
+   running the same client loop as the echo: only the payload differs;
 3. the time from an agent's death (SIGKILL) to the revocation of its
    capabilities.
 
@@ -59,9 +59,11 @@ TARGET_RATIO = 0.6
 TARGET_RATE = 20_000.0
 TARGET_DEATH_P99_MS = 50.0
 
-# The client loop, run as ``python -c CLIENT_CODE MODE ENDPOINT DIR INDEX
-# DURATION RESOURCE``. It is the same for the echo and for capsup; MODE only
-# picks the payload (and, for capsup, asks for the capability first).
+# The client loop, run as ``python client.py MODE ENDPOINT DIR INDEX DURATION
+# RESOURCE`` (client.py holding CLIENT_CODE, see ``script``). It is the same
+# for the echo and for capsup; MODE only picks the payload (and, for capsup,
+# asks for the capability first, on the agent's own endpoint: a confined
+# agent may connect to no other, so capsup passes ENDPOINT empty).
 # Handshake through DIR: the client writes ready-INDEX once warmed up, waits
 # for the file "go" (holding the window's start, a CLOCK_MONOTONIC time, which
 # every process on the host shares), runs until start + DURATION, and writes
@@ -71,6 +73,7 @@ import array, os, sys, time
 import msgpack, zmq
 
 mode, endpoint, workdir, index, duration, resource = sys.argv[1:7]
+endpoint = endpoint or os.environ["CAPSUP_ENDPOINT"]
 duration = float(duration)
 sock = zmq.Context.instance().socket(zmq.DEALER)
 sock.setsockopt(zmq.LINGER, 0)
@@ -183,6 +186,16 @@ def machine() -> str:
     )
 
 
+def script(base: Path, name: str, code: str) -> Path:
+    """``code`` as the file ``base/code/name``, for an agent to run as
+    ``python FILE`` (a confined agent may read its script's directory)."""
+    path = base / "code" / name
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(code)
+    return path
+
+
 class Round:
     """The file handshake of one measured round with ``clients`` clients."""
 
@@ -197,8 +210,7 @@ class Round:
     def argv(self, mode: str, endpoint: str, index: int, resource: str) -> list[str]:
         return [
             sys.executable,
-            "-c",
-            CLIENT_CODE,
+            str(script(self.dir.parent, "client.py", CLIENT_CODE)),
             mode,
             endpoint,
             str(self.dir),
@@ -317,6 +329,8 @@ def echo_round(base: Path, tag: str, clients: int, duration: float, resource: st
 
 
 def make_runtime(base: Path, name: str, data: Path) -> Runtime:
+    """A supervisor whose agents (confined, by default) may write ``base``,
+    where the rounds' handshake files are."""
     config = parse_config(
         {
             "agents": {
@@ -327,7 +341,8 @@ def make_runtime(base: Path, name: str, data: Path) -> Runtime:
                             "operations": ["read", "list", "stat"],
                             "max_ttl": 3600,
                         }
-                    ]
+                    ],
+                    "sandbox": {"write": [str(base)]},
                 }
             }
         },
@@ -357,7 +372,7 @@ def capsup_round(
     rnd = Round(base / f"capsup-{tag}", clients, duration)
     server = runtime.server
     agents = [
-        server.start_agent(rnd.argv("capsup", server.endpoint, i, resource), name="bench")
+        server.start_agent(rnd.argv("capsup", "", i, resource), name="bench")
         for i in range(clients)
     ]
     turn = server.turn
@@ -412,7 +427,8 @@ def death_to_revocation(
             path = work / f"cap-{n}"
             n += 1
             agent = server.start_agent(
-                [sys.executable, "-c", HOLDER_CODE, str(path), resource], name="bench"
+                [sys.executable, str(script(base, "holder.py", HOLDER_CODE)), str(path), resource],
+                name="bench",
             )
             holders.append((agent, path))
         deadline = time.monotonic() + 30
@@ -519,7 +535,7 @@ def main() -> int:
         print("\nbare ZeroMQ + msgpack echo (ROUTER loop in this process, DEALER clients):")
         for n in CLIENTS:
             print(row("echo", median_round(echo[n]), [f.rate for f in echo[n]]))
-        print("\ncapsup validate (Runtime with audit trail + metrics, agents identified by pid):")
+        print("\ncapsup validate (Runtime with audit trail + metrics, agents confined):")
         for n in CLIENTS:
             print(row("capsup", median_round(capsup[n]), [f.rate for f in capsup[n]]))
         print(f"  audit trail written: {trail_mb:,.1f} MB")
