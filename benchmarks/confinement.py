@@ -60,8 +60,8 @@ from typing import Any
 
 from capsup.supervisor.config import parse_config
 from capsup.supervisor.processes import AgentProcess
-from capsup.supervisor.runtime import Runtime, RuntimeOptions
-from protocol import capsup_round, load, machine, percentile, script, verdict
+from capsup.supervisor.runtime import Runtime
+from protocol import capsup_round, load, machine, percentile, runtime_in, script, verdict
 
 #: Targets from issue 14, on this 2-core machine.
 TARGET_STARTUP_ADDED_MS = 30.0
@@ -211,17 +211,7 @@ def make_runtime(base: Path, name: str, data: Path, confine: str, bytecode: Path
         },
         source="<benchmark>",
     )
-    home = base / name
-    home.mkdir()
-    return Runtime(
-        config,
-        RuntimeOptions(
-            endpoint=f"ipc://{home}/capsup.sock",
-            state=":memory:",
-            audit_log=str(home / "audit.jsonl"),
-            confine=confine,
-        ),
-    )
+    return runtime_in(base / name, config, confine)
 
 
 def commit() -> str:

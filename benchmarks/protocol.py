@@ -49,7 +49,7 @@ from pathlib import Path
 
 import msgpack
 import zmq
-from capsup.supervisor.config import Settings, parse_config
+from capsup.supervisor.config import Config, Settings, parse_config
 from capsup.supervisor.processes import AgentProcess
 from capsup.supervisor.runtime import Runtime, RuntimeOptions
 
@@ -348,7 +348,12 @@ def make_runtime(base: Path, name: str, data: Path) -> Runtime:
         },
         source="<benchmark>",
     )
-    home = base / name
+    return runtime_in(base / name, config)
+
+
+def runtime_in(home: Path, config: Config, confine: str | None = None) -> Runtime:
+    """A supervisor as shipped (state in memory, audit trail on) whose
+    endpoint and trail live in ``home``, made here."""
     home.mkdir()
     return Runtime(
         config,
@@ -356,6 +361,7 @@ def make_runtime(base: Path, name: str, data: Path) -> Runtime:
             endpoint=f"ipc://{home}/capsup.sock",
             state=":memory:",
             audit_log=str(home / "audit.jsonl"),
+            confine=confine,
         ),
     )
 
