@@ -99,6 +99,10 @@ class Runtime:
     """A supervisor, assembled from a config and the command line's options."""
 
     def __init__(self, config: Config, options: RuntimeOptions) -> None:
+        mode = options.confine or config.settings.confine
+        if mode not in ("required", "best-effort", "off"):
+            # Never read an unknown word as a weaker mode.
+            raise ValueError(f"confine must be required, best-effort or off, not {mode!r}")
         # First of all: no process of this user may read what follows from
         # this one's memory (see confinement/dumpable.py).
         make_undumpable()
@@ -133,12 +137,11 @@ class Runtime:
         self.kernel.start(now=time.time(), trace_id=start_trace)
         self._revoke_orphans(start_trace)
         self.confiner: Confiner | None = None
-        mode = options.confine or config.settings.confine
         if mode != "off":
             try:
                 self.confiner = Confiner(
                     "required" if mode == "required" else "best-effort",
-                    Path(options.endpoint.removeprefix("ipc://")).parent,
+                    runtime_dir,
                     config.sandboxes,
                     protected=_protected_paths(config, options, self.audit.path),
                 )

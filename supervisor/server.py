@@ -530,8 +530,7 @@ class Server:
         except CapsupError as error:
             return p.error_reply(request.id, error, trace_id), None
         except Exception as error:  # a bug must not take the supervisor down
-            _tell_operator(f"internal error (trace {trace_id})", error)
-            internal = InternalError(f"internal error: {type(error).__name__}")
+            internal = self._internal(error, trace_id, _Peer(agent, principal), "open")
             return p.error_reply(request.id, internal, trace_id), None
         return p.ok_reply(request.id, {}, trace_id), fd
 
@@ -771,15 +770,22 @@ class Server:
         peer: _Peer | None = None,
         op: str | None = None,
     ) -> None:
-        """Answer a request that a bug in capsup stopped: refused, said on
-        stderr (for whoever runs capsup) and recorded where the trail works.
-        The reply names only the exception's type: the peer is not told
-        capsup's internals."""
+        """Answer a request that a bug in capsup stopped (see :meth:`_internal`)."""
+        internal = self._internal(error, trace_id, peer, op)
+        self._send(envelope, p.error_reply(request_id, internal, trace_id))
+
+    def _internal(
+        self, error: Exception, trace_id: str, peer: _Peer | None, op: str | None
+    ) -> InternalError:
+        """A request that a bug in capsup stopped: said on stderr (for whoever
+        runs capsup) and recorded where the trail works; the refusal to send
+        names only the exception's type: the peer is not told capsup's
+        internals."""
         internal = InternalError(f"internal error: {type(error).__name__}")
         _tell_operator(f"internal error (trace {trace_id})", error)
         with contextlib.suppress(Exception):  # nothing is left to tell if this fails
             self._emit(_refusal_event(internal, peer, op, trace_id))
-        self._send(envelope, p.error_reply(request_id, internal, trace_id))
+        return internal
 
     def _answer_zap(self) -> None:
         """Bind identity to a connection while it is made (ZAP, RFC 27).
