@@ -25,7 +25,6 @@ Everything above survives ``execve``.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import ctypes
 import json
@@ -122,21 +121,19 @@ def _confine(text: str) -> bool:
             file=sys.stderr,
         )
         return False
-    if plan.control_fd is not None:
-        report = json.dumps({"enforced": done.enforced}).encode()
-        fds = [done.listener] if done.listener is not None else []
-        try:
+    fds = [done.listener] if done.listener is not None else []
+    try:
+        if plan.control_fd is not None:
+            report = json.dumps({"enforced": done.enforced}).encode()
             with socket.socket(fileno=os.dup(plan.control_fd)) as control:
-                control.sendmsg(
-                    [report],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [],
-                )
-        except OSError as error:
-            print(f"capsup: cannot report to the supervisor: {error}", file=sys.stderr)
-            return False
-        finally:
-            if done.listener is not None:
-                os.close(done.listener)
+                socket.send_fds(control, [report], fds)
+    except OSError as error:
+        print(f"capsup: cannot report to the supervisor: {error}", file=sys.stderr)
+        return False
+    finally:
+        # Whoever holds the listener answers the agent's connects: never the agent.
+        for fd in fds:
+            os.close(fd)
     return True
 
 

@@ -378,16 +378,12 @@ class Client:
         read partly before and partly after the change."""
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
+        target = {"capability": _capability_id(capability), "resource": _resource(path)}
         chunks: list[bytes] = []
         position, remaining = offset, length
         while remaining is None or remaining > 0:
             want = MAX_IO_BYTES if remaining is None else min(remaining, MAX_IO_BYTES)
-            args = {
-                "capability": _capability_id(capability),
-                "resource": _resource(path),
-                "offset": position,
-                "length": want,
-            }
+            args = {**target, "offset": position, "length": want}
             result = self._call(Op.READ, args, trace_id)
             data = _take(result, "data", bytes)
             chunks.append(data)
@@ -425,22 +421,18 @@ class Client:
         neither, as the whole new content of the file. Returns the bytes written.
 
         Writing to an existing file needs ``write``; making one needs
-        ``write`` and ``create``. Data larger than ``MAX_IO_BYTES`` goes in
+        ``create`` (``write`` is not asked then). Data larger than ``MAX_IO_BYTES`` goes in
         several requests, each checked (one refused part way leaves the
         parts before it written)."""
         if append and offset is not None:
             raise ValueError("offset and append exclude each other")
         if offset is not None and offset < 0:
             raise ValueError("offset must not be negative")
+        target = {"capability": _capability_id(capability), "resource": _resource(path)}
         view = memoryview(data).cast("B")
         written = 0
         while True:
-            chunk = bytes(view[written : written + MAX_IO_BYTES])
-            args: dict[str, Any] = {
-                "capability": _capability_id(capability),
-                "resource": _resource(path),
-                "data": chunk,
-            }
+            args: dict[str, Any] = {**target, "data": bytes(view[written : written + MAX_IO_BYTES])}
             if append:
                 args["append"] = True
             elif offset is not None or written:
@@ -507,8 +499,8 @@ class Client:
         binary or ``t`` (the default) for text; ``buffering``, ``encoding``,
         ``errors`` and ``newline`` mean what they mean to :func:`open`. The
         supervisor checks the capability (``r`` needs ``read``, ``w`` and
-        ``a`` need ``write``, and ``create`` too when the file is new, ``x``
-        needs ``create``, ``r+`` needs ``read`` and ``write``), opens the
+        ``a`` need ``write`` on a file that exists and ``create`` on a new
+        one, ``x`` needs ``create``, ``r+`` needs ``read`` and ``write``), opens the
         file and hands its descriptor over the descriptor socket.
 
         The file stays usable until it is closed, even if the capability is

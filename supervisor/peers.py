@@ -11,7 +11,8 @@ descriptors the ROUTER accepted (from its socket monitor) and answers one
 question for a pid about to be looked up: is every connection whose peer
 had that pid still held by a living connector? It asks the kernel with
 ``SO_PEERPIDFD`` (Linux 6.5+), a descriptor of the very process that
-connected, dead or alive, which a recycled pid cannot stand in for. If one
+connected, which a recycled pid cannot stand in for (before 6.16 a reaped
+connector has none: that failure, like any, counts as dead). If one
 of them is dead, the pid is ambiguous and the lookup is refused: the
 stranger's connection is the dead one, and a genuine agent's client
 reconnects once libzmq has dropped the stranger's (the handshake interval).
@@ -70,9 +71,11 @@ class AcceptedConnections:
 
     def connector_alive(self, pid: int) -> bool:
         """False if any tracked connection whose peer had ``pid`` at
-        ``connect()`` was made by a process that has since died; True if
-        none was (or the kernel cannot tell: before 6.5, the handshake
-        interval alone bounds the window)."""
+        ``connect()`` was made by a process that has since died, or whose
+        connector the kernel cannot vouch for (fail closed: the cost is a
+        reconnect); True if none was. Where the kernel has no
+        ``SO_PEERPIDFD`` (before 6.5) it is always True: the handshake
+        interval alone bounds the window."""
         if not self._pidfd_supported:
             return True
         for fd in list(self._fds):
@@ -80,14 +83,14 @@ class AcceptedConnections:
             if peer is None:
                 self._fds.discard(fd)  # closed, or no longer a socket
                 continue
-            if peer != pid:
-                continue
-            alive = self._peer_alive(fd)
-            if alive is False:
+            if peer == pid and not self._peer_alive(fd):
                 return False
         return True
 
-    def _peer_alive(self, fd: int) -> bool | None:
+    def _peer_alive(self, fd: int) -> bool:
+        """Whether the process that connected ``fd`` still lives. Before
+        Linux 6.16 the kernel gives no pidfd for a peer already reaped
+        (EINVAL, later ESRCH): that, like any other failure, is not alive."""
         value = ctypes.c_int(-1)
         size = ctypes.c_uint32(ctypes.sizeof(value))
         if _libc.getsockopt(
@@ -95,14 +98,15 @@ class AcceptedConnections:
         ):
             if ctypes.get_errno() == errno.ENOPROTOOPT:
                 self._pidfd_supported = False
-            return None
+                return True
+            return False
         pidfd = value.value
         try:
             signal.pidfd_send_signal(pidfd, 0)
-        except ProcessLookupError:
-            return False
+        except PermissionError:
+            return True  # it exists, it is just not ours to signal
         except OSError:
-            return None
+            return False  # ESRCH: it has exited
         finally:
             os.close(pidfd)
         return True

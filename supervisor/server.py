@@ -46,7 +46,7 @@ from capsup.agents.errors import (
 )
 from capsup.supervisor.brokers.descriptors import serve_descriptor_request
 from capsup.supervisor.brokers.files import open_for_agent, perform_file_op
-from capsup.supervisor.confinement.reaper import reap_orphans
+from capsup.supervisor.confinement.reaper import kill_orphans, reap_orphans
 from capsup.supervisor.confinement.setup import Confiner
 from capsup.supervisor.derive import Delegation
 from capsup.supervisor.dispatch import dispatch_kernel_op
@@ -364,6 +364,11 @@ class Server:
         if agent.confinement is not None:
             with self._reported("releasing an agent's confinement"):
                 agent.confinement.release()
+            if agent.confinement.cgroup is None and not self.processes.running:
+                # No cgroup to kill its tree (best-effort): the weaker
+                # guarantee, its orphans killed once no agent runs.
+                with self._reported("killing orphaned processes"):
+                    kill_orphans(set())
 
     def _record_exit(
         self, agent: AgentProcess, returncode: int, revoked: list[str], now: float, trace_id: str

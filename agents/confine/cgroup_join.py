@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 __all__ = ["Joining"]
+
+#: How long the thread may take to leave the kernel after Python is done with it.
+_THREAD_EXIT_WAIT = 1.0
 
 
 class Joining:
@@ -36,6 +40,14 @@ class Joining:
             self._error = error
 
     def wait(self) -> OSError | None:
-        """Wait for the move; the error that stopped it, if one did."""
+        """Wait for the move; the error that stopped it, if one did.
+
+        Also waits for the thread to be gone from the kernel, not just from
+        Python (``join`` returns a moment before): ``unshare`` of a mount or
+        user namespace, the next step, refuses a process with two threads."""
         self._thread.join()
+        deadline = time.monotonic() + _THREAD_EXIT_WAIT
+        tasks = "/proc/self/task"  # one entry per thread of this process
+        while len(os.listdir(tasks)) > 1 and time.monotonic() < deadline:  # noqa: PTH208 - no pathlib in the bootstrap
+            time.sleep(0.0001)
         return self._error

@@ -170,10 +170,9 @@ class FilesystemRules:
 class LandlockReport:
     """What :func:`restrict_self` enforced: the ABI whose rights were handled
     (the kernel's, capped at the newest this module knows), and which kinds
-    of rule that ABI has."""
+    of rule beyond the filesystem's that ABI has."""
 
     abi: int
-    filesystem: bool
     tcp: bool
     scoped: bool
     skipped: tuple[str, ...]
@@ -261,7 +260,6 @@ def restrict_self(rules: FilesystemRules, *, abi: int | None = None) -> Landlock
         os.close(ruleset)
     return LandlockReport(
         abi=abi,
-        filesystem=True,
         tcp=handled.net != 0,
         scoped=handled.scoped != 0,
         skipped=skipped,

@@ -11,8 +11,9 @@ can change it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from types import NoneType, UnionType
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 __all__ = ["ConfinementPlan", "Mode"]
 
@@ -62,22 +63,36 @@ class ConfinementPlan:
     @classmethod
     def from_json(cls, text: str) -> ConfinementPlan:
         """Parse a plan; anything unexpected is a ``ValueError`` (the
-        bootstrap then refuses to start the agent)."""
+        bootstrap then refuses to start the agent). Every key must be there
+        with a value of its declared type: a missing or mistyped one (a
+        ``null`` for ``seccomp``, say) would otherwise leave a step out."""
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError("a confinement plan is a JSON object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(raw) - set(known)
-        if unknown:
-            raise ValueError(f"unknown confinement plan key {sorted(unknown)[0]!r}")
+        types = get_type_hints(cls)
+        given, known = set(raw), set(types)
+        for problem, names in (("unknown", given - known), ("missing", known - given)):
+            if names:
+                raise ValueError(f"confinement plan key {sorted(names)[0]!r} is {problem}")
         values: dict[str, Any] = {}
         for name, value in raw.items():
-            if isinstance(value, list):
-                if not all(isinstance(v, str) for v in value):
-                    raise ValueError(f"confinement plan {name}: a list of strings")
-                value = tuple(value)
-            values[name] = value
-        plan = cls(**values)
-        if plan.mode not in ("required", "best-effort"):
-            raise ValueError(f"confinement plan mode: {plan.mode!r}")
-        return plan
+            if not _has_type(value, types[name]):
+                raise ValueError(f"confinement plan {name}: {value!r} is not {types[name]}")
+            values[name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+def _has_type(value: object, kind: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (a list for a tuple)."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Literal:
+        return value in args
+    if origin is UnionType:
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind is NoneType:
+        return value is None
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)

@@ -669,15 +669,14 @@ def probe() -> SeccompSupport:
     pid = os.fork()
     if pid == 0:  # the child: syscalls only, then out without clean-up
         level = 0
-        try:
+        try:  # whatever happens, never return into the caller's code
             prctl("seccomp", "PR_SET_NO_NEW_PRIVS", _PR_SET_NO_NEW_PRIVS, 1)
-        except ConfinementError:
+            for index, flags in enumerate(attempts):
+                if _load(arch, program, flags) >= 0:
+                    level = len(attempts) - index
+                    break
+        finally:
             os._exit(level)
-        for index, flags in enumerate(attempts):
-            if _load(arch, program, flags) >= 0:
-                level = len(attempts) - index
-                break
-        os._exit(level)
     _, status = os.waitpid(pid, 0)
     level = os.waitstatus_to_exitcode(status)
     return SeccompSupport(

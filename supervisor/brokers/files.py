@@ -166,8 +166,7 @@ class _Use:
         kernel: Kernel,
         principal: Principal,
         op: str,
-        capability_id: str,
-        target: str,
+        args: p.FileOpArgs | p.OpenArgs,
         *,
         now: float,
         trace_id: str,
@@ -176,8 +175,8 @@ class _Use:
         self.kernel = kernel
         self.principal = principal
         self.op = op
-        self.capability_id = capability_id
-        self.target = target
+        self.capability_id = args.capability
+        self.target = args.resource
         self.now = now
         self.trace_id = trace_id
         self.emit = emit
@@ -200,10 +199,13 @@ class _Use:
             raise _Refused("bad_target", f"{cap.id} is not a file:// capability")
         return cap
 
-    def recheck(self, operations: Sequence[str], path: str, size: int | None = None) -> None:
+    def recheck(
+        self, operations: Sequence[str], path: str, size: int | None = None
+    ) -> Mapping[str, Any]:
         """The validator's verdict on what was opened, under its real name:
-        pure, no audit record (the kernel made the one of this use)."""
-        cap = self._held()
+        pure, no audit record (the kernel made the one of this use). Returns
+        the capability's constraints as the validator prepared them."""
+        cap = self.held()
         self.path = path
         try:
             prepared = _VALIDATOR.prepare_constraints(cap.constraints)
@@ -214,6 +216,7 @@ class _Use:
             if not decision.allowed:
                 # The path opened goes to the audit record, not to the agent.
                 raise _Refused(decision.reason, f"what was opened, checked: {decision.detail}")
+        return prepared
 
     def attempt(self, action: Callable[[], _T]) -> _T:
         """``action``'s result; a refusal of the broker's or of the operating
@@ -232,7 +235,8 @@ class _Use:
         makes the request fail, the effect of a write or delete stays)."""
         self.emit(self._event("allow", None, {"result": "ok", **detail}))
 
-    def _held(self) -> Capability:
+    def held(self) -> Capability:
+        """The capability the kernel validated for this use."""
         if self.cap is None:
             raise _Refused("validator_error", "no capability was validated")  # a bug: fail closed
         return self.cap
@@ -458,6 +462,12 @@ def _open_file(use: _Use, mode: _Mode, size: int | None = None) -> int:
                 raise _Refused(
                     "hard_link", f"the file has {info.st_nlink} names: one may lie outside"
                 )
+            # The validator's size check stat()ed a name; this is the file handed on.
+            max_bytes = None if mode.writes else _max_bytes(use)
+            if max_bytes is not None and info.st_size > max_bytes:
+                raise _Refused(
+                    "too_large", f"the file has {info.st_size} bytes, max_bytes {max_bytes}"
+                )
             use.recheck(needs, _real_path(held), size)
             return _reopen(held, mode.flags)
         finally:
@@ -494,7 +504,7 @@ def _create(use: _Use, place: _Place, mode: _Mode, size: int | None) -> int:
         raise _Refused("exists", "the capability's own root exists")
     parent, name = place.open_parent()
     try:
-        use.recheck(("create", *mode.needs), _join(_real_path(parent), name), size)
+        use.recheck(mode.needs, _join(_real_path(parent), name), size)  # "create" among them
         flags = mode.flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
         return os.open(name, flags, _NEW_FILE_MODE, dir_fd=parent)
     finally:
@@ -507,12 +517,9 @@ def _create(use: _Use, place: _Place, mode: _Mode, size: int | None) -> int:
 def _read(use: _Use, args: p.ReadArgs) -> dict[str, Any]:
     fd = _open_file(use, _OPEN_MODES["r"])
     try:
-        size = os.fstat(fd).st_size
         limit = p.MAX_IO_BYTES if args.length is None else args.length
-        max_bytes = _max_bytes(use)
+        max_bytes = _max_bytes(use)  # _open_file refused a file larger already
         if max_bytes is not None:
-            if size > max_bytes:
-                raise _Refused("too_large", f"the file has {size} bytes, max_bytes {max_bytes}")
             limit = min(limit, max(0, max_bytes - args.offset))  # it may grow while read
         data = _pread(fd, limit, args.offset)
         use.nbytes = len(data)
@@ -561,24 +568,23 @@ def _listdir(use: _Use, args: p.ListdirArgs) -> dict[str, Any]:
         held = place.open_target(directory=True)
         try:
             directory = _real_path(held)
-            use.recheck(("list",), directory)
+            globs = use.recheck(("list",), directory).get("deny")
             fd = _reopen(held, os.O_RDONLY | os.O_DIRECTORY)
         finally:
             os.close(held)
     finally:
         os.close(place.dirfd)
     try:
-        entries = _entries(use, cap, fd, directory)
+        entries = _entries(cap, globs, fd, directory)
     finally:
         os.close(fd)
     return {"entries": entries}
 
 
-def _entries(use: _Use, cap: Capability, fd: int, directory: str) -> list[dict[str, Any]]:
+def _entries(cap: Capability, globs: Any, fd: int, directory: str) -> list[dict[str, Any]]:
     """The entries of the directory ``fd`` holds, each examined relative to
-    it; names a ``deny`` glob covers are left out, and names that are not
-    UTF-8 (a msgpack str cannot carry them)."""
-    globs = _VALIDATOR.prepare_constraints(cap.constraints).get("deny")
+    it; names ``globs`` (the prepared ``deny``, if any) covers are left out,
+    and names that are not UTF-8 (a msgpack str cannot carry them)."""
     root = urllib.parse.unquote(cap.resource[len("file://") :], errors="strict")
     prefix = directory[len(root) :].strip("/")
     entries: list[dict[str, Any]] = []
@@ -659,9 +665,12 @@ def _delete(use: _Use, args: p.DeleteArgs) -> dict[str, Any]:
 
 
 def _max_bytes(use: _Use) -> int | None:
-    cap = use.cap
-    value = cap.constraints.get("max_bytes") if cap is not None else None
-    return value if isinstance(value, int) else None
+    """The capability's ``max_bytes``; one that is not an int (a stored
+    capability today's kernel would not make) refuses rather than lifts the cap."""
+    value = use.held().constraints.get("max_bytes")
+    if value is None or type(value) is int:
+        return value
+    raise _Refused("validator_error", f"max_bytes is a {type(value).__name__}, not an int")
 
 
 def _pread(fd: int, limit: int, offset: int) -> bytes:
@@ -705,16 +714,7 @@ def perform_file_op(
     (recorded through ``emit`` as a refused ``file_operation``). Runs on the
     kernel's thread: it calls ``kernel.validate``."""
     op, action = _OPS[type(args)]
-    use = _Use(
-        kernel,
-        principal,
-        op,
-        args.capability,
-        args.resource,
-        now=now,
-        trace_id=trace_id,
-        emit=emit,
-    )
+    use = _Use(kernel, principal, op, args, now=now, trace_id=trace_id, emit=emit)
     result = use.attempt(lambda: action(use, args))
     if isinstance(args, p.ListdirArgs):
         use.done(entries=len(result["entries"]))
@@ -740,16 +740,7 @@ def open_for_agent(
     FIFOs, devices, sockets and directories are refused without being
     opened for I/O (so nothing blocks). Raises as :func:`perform_file_op`."""
     mode = _OPEN_MODES[args.mode]
-    use = _Use(
-        kernel,
-        principal,
-        p.Op.OPEN.value,
-        args.capability,
-        args.resource,
-        now=now,
-        trace_id=trace_id,
-        emit=emit,
-    )
+    use = _Use(kernel, principal, p.Op.OPEN.value, args, now=now, trace_id=trace_id, emit=emit)
     fd = use.attempt(lambda: _open_file(use, mode))
     try:
         use.done(mode=args.mode)

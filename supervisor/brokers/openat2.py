@@ -64,6 +64,8 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     never leak into a process it starts."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     encoded = os.fsencode(path)
+    if b"\0" in encoded:  # c_char_p would end the path there: another path
+        raise ValueError("openat2: embedded null byte")
     syscall = _syscall()
     for _ in range(_EAGAIN_RETRIES):
         fd = int(

@@ -52,6 +52,7 @@ import posixpath
 import re
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,7 +60,7 @@ from typing import Literal
 from capsup.agents.confine._libc import describe_errno
 from capsup.agents.confine.errors import ConfinementError
 
-__all__ = ["KILL_TIMEOUT", "AgentCgroup", "CgroupManager"]
+__all__ = ["KILL_TIMEOUT", "AgentCgroup", "CgroupManager", "supervisor_places"]
 
 _FEATURE = "cgroup"
 _CONTROLLER = "pids"
@@ -129,6 +130,24 @@ def _directory(version: Version, cgroup: str) -> Path | None:
             if cgroup == root or cgroup.startswith(root + "/"):
                 return mount / cgroup[len(root) :].lstrip("/")
     return None
+
+
+def supervisor_places() -> Iterator[tuple[Version, Path, str]]:
+    """Where supervisors in this process's cgroups make their ``capsup-<pid>``
+    directories, in each hierarchy that shows one: (version, directory,
+    cgroup path as ``/proc`` names it). In v2 that is beside the
+    supervisor's leaf (:func:`_delegate`) if it moved into one."""
+    with open("/proc/self/cgroup", encoding="utf-8") as proc_cgroup:
+        own = proc_cgroup.read()
+    versions: tuple[Version, ...] = (2, 1)
+    for version in versions:
+        cgroup = _own_cgroup(own, version)
+        directory = None if cgroup is None else _directory(version, cgroup)
+        if cgroup is None or directory is None:
+            continue
+        if version == 2 and directory.name == _SUPERVISOR_LEAF:
+            directory, cgroup = directory.parent, posixpath.dirname(cgroup)
+        yield version, directory, cgroup
 
 
 def _delegate(directory: Path, controller: str) -> Path:

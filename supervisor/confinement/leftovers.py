@@ -52,13 +52,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from capsup.agents.confine.errors import ConfinementError
-from capsup.supervisor.confinement.cgroup import (
-    _SUPERVISOR_LEAF,
-    AgentCgroup,
-    Version,
-    _directory,
-    _own_cgroup,
-)
+from capsup.supervisor.confinement.cgroup import AgentCgroup, supervisor_places
 from capsup.supervisor.confinement.scratch import remove_scratch
 
 __all__ = ["RuntimeDir", "sweep_leftovers"]
@@ -131,25 +125,9 @@ def sweep_leftovers(runtime_parent: Path | None) -> list[str]:
     return problems
 
 
-def _cgroup_places() -> Iterator[tuple[Version, Path, str]]:
-    """Where supervisors of this process's cgroups make theirs, in each
-    hierarchy: (version, directory, cgroup path as ``/proc`` shows it)."""
-    with open("/proc/self/cgroup", encoding="utf-8") as proc_cgroup:
-        own = proc_cgroup.read()
-    versions: tuple[Version, ...] = (2, 1)
-    for version in versions:
-        cgroup = _own_cgroup(own, version)
-        directory = None if cgroup is None else _directory(version, cgroup)
-        if cgroup is None or directory is None:
-            continue
-        if version == 2 and directory.name == _SUPERVISOR_LEAF:
-            directory, cgroup = directory.parent, posixpath.dirname(cgroup)
-        yield version, directory, cgroup
-
-
 def _dead_cgroups(problems: list[str]) -> Iterator[AgentCgroup]:
     try:
-        places = list(_cgroup_places())
+        places = list(supervisor_places())
     except OSError as error:
         problems.append(f"cannot tell where dead supervisors' cgroups are: {error}")
         return

@@ -11,7 +11,6 @@ broker closed, its scratch removed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -84,8 +83,7 @@ class AgentConfinement:
         try:
             if self.cgroup is not None:
                 self.cgroup.kill()
-                with contextlib.suppress(OSError):
-                    self.cgroup.remove()
+                self.cgroup.remove()
         finally:
             try:
                 if self.broker is not None:
@@ -121,6 +119,13 @@ class Confiner:
         self._scratch_root = runtime_dir / "scratch"
         self._scratch_root.mkdir(mode=0o700, exist_ok=True)
         self._cgroups = CgroupManager.detect() if self.support.cgroups else None
+        if mode == "required" and self._cgroups is None:
+            # The probe found a cgroup, this second attempt none: never run
+            # agents unbounded under "required".
+            raise ConfinementUnavailable(
+                "this machine cannot enforce: process bound (no cgroup could be made;"
+                " `capsup sandbox-check` says why)"
+            )
         #: Scratch directories are named by a counter, not the agent id: a
         #: unix socket's path must fit in 108 bytes, and multiprocessing
         #: makes its sockets beneath TMPDIR.

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from capsup.supervisor.confinement.cgroup import supervisor_places
 from capsup.supervisor.confinement.leftovers import (
     RuntimeDir,
-    _cgroup_places,
     _start_ticks,
     sweep_leftovers,
 )
@@ -153,7 +153,9 @@ def test_the_sweep_leaves_what_it_does_not_own_by_name(tmp_path: Path) -> None:
 
 def _places() -> list[Path]:
     try:
-        return [directory for _, directory, _ in _cgroup_places() if os.access(directory, os.W_OK)]
+        return [
+            directory for _, directory, _ in supervisor_places() if os.access(directory, os.W_OK)
+        ]
     except OSError:
         return []
 

@@ -28,7 +28,7 @@ NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 
 VICTIM = """
 import os, sys, time
-from capsup.agents import connect
+from capsup.agents import SupervisorGone, connect
 root = sys.argv[1]
 client = connect()
 me = client.whoami()
@@ -42,7 +42,14 @@ while not os.path.exists(f"{root}/done"):
             # The descendant that takes the recycled pid: it works as the
             # agent does (a connection of its own) until told to stop.
             open(f"{root}/child-{os.getpid()}", "w").close()
-            mine = connect().whoami()
+            # Its first connection may be refused while the stranger's, from
+            # the same pid, is open: a client that gives up asks again.
+            for attempt in range(4):
+                try:
+                    mine = connect(timeout=5).whoami()
+                    break
+                except SupervisorGone:
+                    continue
             open(f"{root}/child-whoami-{os.getpid()}", "w").write(mine.agent_id)
             while not os.path.exists(f"{root}/done"):
                 time.sleep(0.02)
