@@ -43,6 +43,10 @@ class Settings:
 
     grace_period: float = 5.0
     tombstone_retention: float = 86400.0
+    #: Most ended capabilities remembered (their ids answer ``revoked`` or
+    #: ``expired``); older ones are forgotten first, and their ids answer
+    #: ``unknown_capability``: still refused.
+    max_tombstones: int = 200_000
     max_message_bytes: int = 1 << 20
     max_capabilities_per_agent: int = 10_000
     #: Live sub-agents one agent may have, and live agents in all: each
@@ -73,6 +77,7 @@ class Settings:
 _NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
     "grace_period": (int, float),
     "tombstone_retention": (int, float),
+    "max_tombstones": (int,),
     "max_message_bytes": (int,),
     "max_capabilities_per_agent": (int,),
     "max_sub_agents": (int,),

@@ -14,6 +14,9 @@ State kept in memory for the hot path:
   so that cascades and per-agent revocation are proportional to their size;
 - ``_tombstones``: ids that were revoked or expired, so a late use answers
   ``revoked``/``expired`` (after a restart too) instead of ``unknown_capability``;
+  oldest first, and at most ``max_tombstones`` of them: grant/revoke churn
+  must not grow memory without bound, and a forgotten id is still refused
+  (as ``unknown_capability``);
 - ``_expiry``: a heap of (expires_at, id), so a sweep costs what it expires;
 - ``_buckets``: the token buckets a use must spend, the capability's own and
   every rate-limited ancestor's;
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -79,18 +83,22 @@ class Kernel:
         validators: ValidatorRegistry,
         sink: EventSink | None = None,
         tombstone_retention: float = 86400.0,
+        max_tombstones: int = 200_000,
         max_per_holder: int = 10_000,
     ) -> None:
+        if max_tombstones < 1:
+            raise ValueError("max_tombstones must be at least 1")
         self._store = store
         self._policy = policy
         self._validators = validators
         self._sink = sink
         self._retention = tombstone_retention
+        self._max_tombstones = max_tombstones
         self._max_per_holder = max_per_holder
         self._live: dict[str, Capability] = {}
         self._children: dict[str, list[str]] = {}
         self._by_holder: dict[str, set[str]] = {}
-        self._tombstones: dict[str, Tombstone] = {}
+        self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         self._expiry: list[tuple[float, str]] = []
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
         self._checks: dict[str, Callable[[Use], Decision]] = {}
@@ -105,7 +113,8 @@ class Kernel:
         """Load the store, rebuild the in-memory state, expire what ran out."""
         self._emit(Event(EventType.KERNEL_STARTED, now, trace_id))
         loaded = self._store.load()
-        self._tombstones = loaded.tombstones
+        ages = sorted(loaded.tombstones.items(), key=lambda item: item[1].ended_at)
+        self._tombstones = OrderedDict(ages[-self._max_tombstones :])
         for cap in loaded.live:
             self._live[cap.id] = cap
         reached = set()
@@ -672,6 +681,8 @@ class Kernel:
                     del self._children[cap.parent_id]
             self._buckets.pop(cap_id, None)
             self._checks.pop(cap_id, None)
+        for _ in range(len(self._tombstones) - self._max_tombstones):
+            self._tombstones.popitem(last=False)
         if self._sink is not None:
             event = (
                 EventType.CAPABILITY_REVOKED if state == "revoked" else EventType.CAPABILITY_EXPIRED
@@ -688,10 +699,12 @@ class Kernel:
             ) from stored
 
     def _prune(self, before: float) -> None:
-        self._store.prune_tombstones(before)
-        stale = [i for i, t in self._tombstones.items() if t.ended_at < before]
-        for cap_id in stale:
-            del self._tombstones[cap_id]
+        self._store.prune_tombstones(before, keep=self._max_tombstones)
+        while self._tombstones:
+            oldest = next(iter(self._tombstones.values()))
+            if oldest.ended_at >= before:
+                break
+            self._tombstones.popitem(last=False)
 
     def _subtree(self, roots: Iterable[str]) -> Iterator[str]:
         """Every live id in the subtrees of ``roots``, parents before children."""

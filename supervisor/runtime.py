@@ -131,6 +131,7 @@ class Runtime:
             validators=config.validators,
             sink=sink,
             tombstone_retention=config.settings.tombstone_retention,
+            max_tombstones=config.settings.max_tombstones,
             max_per_holder=config.settings.max_capabilities_per_agent,
         )
         start_trace = new_trace_id()

@@ -41,7 +41,7 @@ from capsup.agents.confine._libc import describe_errno
 
 __all__ = ["SCHEMA_VERSION", "LoadedState", "Store", "StoreError", "Tombstone"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EndState = Literal["revoked", "expired"]
 
@@ -76,8 +76,15 @@ _COMPANIONS = ("-wal", "-shm", "-journal")
 #: a FIFO put in the file's place.
 _CHECK_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
+#: Tombstones are pruned oldest first, by age and by count (the kernel's
+#: ``max_tombstones``), once a minute on the supervisor's loop: without an
+#: index each prune would scan and sort them all.
+_SCHEMA_V2 = """
+CREATE INDEX ended_by_time ON ended (ended_at);
+"""
+
 #: version -> the script that brings a store of version-1 up to it.
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class StoreError(Exception):
@@ -199,14 +206,25 @@ class Store:
                 ((cap_id, state, at) for cap_id in sorted(ids)),
             )
 
-    def prune_tombstones(self, before: float) -> int:
-        """Forget tombstones that ended before ``before``; returns how many."""
+    def prune_tombstones(self, before: float, *, keep: int | None = None) -> int:
+        """Forget tombstones that ended before ``before``, and beyond the
+        ``keep`` most recent; returns how many."""
         with self._transaction():
             self._db.execute(
-                "DELETE FROM capabilities WHERE id IN (SELECT id FROM ended WHERE ended_at < ?)",
-                (before,),
+                "CREATE TEMP TABLE IF NOT EXISTS pruned (id TEXT PRIMARY KEY) WITHOUT ROWID"
             )
-            cursor = self._db.execute("DELETE FROM ended WHERE ended_at < ?", (before,))
+            self._db.execute(
+                "INSERT OR IGNORE INTO pruned SELECT id FROM ended WHERE ended_at < ?", (before,)
+            )
+            if keep is not None:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO pruned SELECT id FROM ended"
+                    " ORDER BY ended_at DESC LIMIT -1 OFFSET ?",
+                    (keep,),
+                )
+            self._db.execute("DELETE FROM capabilities WHERE id IN (SELECT id FROM pruned)")
+            cursor = self._db.execute("DELETE FROM ended WHERE id IN (SELECT id FROM pruned)")
+            self._db.execute("DELETE FROM pruned")
         return cursor.rowcount
 
     def set_meta(self, key: str, value: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from capsup.agents import errors
 from capsup.supervisor.events import EventType
-from capsup.supervisor.kernel import CapabilityRequest, Delegation
+from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
 from capsup.supervisor.principal import OPERATOR
+from capsup.supervisor.store import Store
 from capsup.validators import Use
 from kernel_world import T0, World
 
@@ -226,3 +227,35 @@ def test_rate_limit_ancestry_survives_a_restart(world: World) -> None:
         again.validate(world.alice, child.id, Use("GET", url), now=T0 + 1, trace_id="v")
     with pytest.raises(errors.RateLimited):
         again.validate(world.alice, cap.id, Use("GET", url), now=T0 + 1, trace_id="v")
+
+
+def test_tombstones_are_bounded_oldest_first(world: World) -> None:
+    """Grant/revoke churn cannot grow memory without bound: past
+    ``max_tombstones`` the oldest ended ids are forgotten (and still refused,
+    as unknown), in memory at once and in the state file at the next prune."""
+    kernel = Kernel(
+        store=Store(":memory:"),
+        policy=world.config.policy,
+        validators=world.config.validators,
+        max_tombstones=3,
+    )
+    kernel.start(now=T0, trace_id="start")
+    kernel.register_principal(world.alice)
+    ended = []
+    for i in range(5):
+        cap = kernel.request(
+            world.alice,
+            CapabilityRequest(f"file://{world.root}/data", ["read"], None, ttl=100),
+            now=T0 + i,
+            trace_id="g",
+        )
+        kernel.revoke(world.alice, cap.id, now=T0 + i, trace_id="r")
+        ended.append(cap.id)
+    for forgotten in ended[:2]:
+        with pytest.raises(errors.UnknownCapability):
+            kernel.validate(world.alice, forgotten, Use("read", "/x"), now=T0 + 9, trace_id="v")
+    for remembered in ended[2:]:
+        with pytest.raises(errors.Revoked):
+            kernel.validate(world.alice, remembered, Use("read", "/x"), now=T0 + 9, trace_id="v")
+    kernel.sweep(now=T0 + 100, trace_id="s")  # a minute on: the store is pruned too
+    assert set(kernel._store.load().tombstones) == set(ended[2:])

@@ -76,6 +76,16 @@ def test_prune(tmp_path: Path) -> None:
     assert set(store.load().tombstones) == {"cap_2"}
 
 
+def test_prune_keeps_only_the_most_recent(tmp_path: Path) -> None:
+    store = Store(":memory:")
+    store.insert([cap(i) for i in range(1, 6)])
+    for i in range(1, 6):
+        store.end([f"cap_{i}"], "revoked", float(i))
+    assert store.prune_tombstones(0.0, keep=2) == 3
+    assert set(store.load().tombstones) == {"cap_4", "cap_5"}
+    assert [c.id for c in store.load().live] == []
+
+
 def test_meta(tmp_path: Path) -> None:
     store = Store(":memory:")
     assert store.get_meta("audit_head") is None
