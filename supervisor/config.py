@@ -54,6 +54,11 @@ class Settings:
     #: endpoint) and memory, which a spawning agent must not exhaust.
     max_sub_agents: int = 64
     max_agents: int = 1024
+    #: Connections the supervisor holds at once, over every endpoint (at
+    #: most half its descriptor limit), and per connecting process on one
+    #: endpoint: one past either is shut down as soon as it is accepted.
+    max_connections: int = 2048
+    max_connections_per_peer: int = 32
     #: "batch": agents run under SCHED_BATCH, so their wakeups never preempt
     #: the supervisor's loop; "inherit": they keep the supervisor's policy.
     agent_scheduling: str = "batch"
@@ -82,6 +87,8 @@ _NUMBER_SETTINGS: dict[str, tuple[type, ...]] = {
     "max_capabilities_per_agent": (int,),
     "max_sub_agents": (int,),
     "max_agents": (int,),
+    "max_connections": (int,),
+    "max_connections_per_peer": (int,),
     "refusal_records_per_second": (int, float),
     "refusal_records_burst": (int,),
 }

@@ -52,6 +52,9 @@ class ViolationKind(StrEnum):
     #: A confined agent tried to reach something outside its sandbox by OS
     #: means (a ``connect()`` the supervisor refused).
     SANDBOX_DENIED = "sandbox_denied"
+    #: A connection past a bound (per connecting process, or in all) was
+    #: shut down as soon as it was accepted (supervisor/peers.py).
+    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 #: The detail of an event that has none (shared, so it cannot be mutable).

@@ -68,6 +68,8 @@ REFUSALS: Mapping[EventType, frozenset[str] | None] = {
             ViolationKind.MALFORMED_INPUT,
             # A confined agent hammering connect() at what it may not reach.
             ViolationKind.SANDBOX_DENIED,
+            # A flood of connections, each shut down past its bound.
+            ViolationKind.TOO_MANY_CONNECTIONS,
         }
     ),
     EventType.CAPABILITY_DENIED: None,

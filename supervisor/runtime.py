@@ -173,6 +173,8 @@ class Runtime:
             confiner=self.confiner,
             max_sub_agents=config.settings.max_sub_agents,
             max_agents=config.settings.max_agents,
+            max_connections=config.settings.max_connections,
+            max_connections_per_peer=config.settings.max_connections_per_peer,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
         self.metrics.running_agents_from(lambda: self.server.processes.running_count)

@@ -20,6 +20,7 @@ import ctypes
 import itertools
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -52,7 +53,7 @@ from capsup.supervisor.derive import Delegation
 from capsup.supervisor.dispatch import dispatch_kernel_op
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
 from capsup.supervisor.kernel import Kernel
-from capsup.supervisor.peers import AcceptedConnections
+from capsup.supervisor.peers import AcceptedConnections, ConnectionBudget
 from capsup.supervisor.principal import OPERATOR, Principal
 from capsup.supervisor.processes import AgentProcess, ProcessTable, exit_status, new_agent_id
 
@@ -64,6 +65,9 @@ _BATCH = 64
 _MAX_QUEUED_REFUSALS = 1024
 #: How long a peer has to complete the ZeroMQ handshake, in milliseconds.
 _HANDSHAKE_MS = 2000
+#: How far past ``max_message_bytes`` a message may go and still be read
+#: (to be answered ``message_too_large``) rather than dropped by libzmq.
+_MESSAGE_SLACK = 64 << 10
 #: Pending ``wait`` calls on one agent; each costs memory and a timer.
 _MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
@@ -132,6 +136,8 @@ class Server:
         confiner: Confiner | None = None,
         max_sub_agents: int = 64,
         max_agents: int = 1024,
+        max_connections: int = 2048,
+        max_connections_per_peer: int = 32,
     ) -> None:
         if not endpoint.startswith("ipc://"):
             # Identity comes from SO_PEERCRED, which only a Unix socket has;
@@ -147,6 +153,17 @@ class Server:
         self._endpoint_counter = itertools.count(1)
         #: A confined agent's own ROUTER socket -> the agent (see start_agent).
         self._routers: dict[zmq.Socket[bytes], AgentProcess] = {}
+        #: Each ROUTER's monitor socket -> its accepted connections, and the
+        #: agent whose own endpoint it is (None for the shared one).
+        self._ledgers: dict[zmq.Socket[bytes], tuple[AcceptedConnections, AgentProcess | None]] = {}
+        # Connections cost a descriptor each, and libzmq aborts the process
+        # when accept() meets EMFILE: half of what the process may open is
+        # the most they may take, whatever the setting says.
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._connections = ConnectionBudget(
+            total=max(1, min(max_connections, soft_limit // 2)),
+            per_peer=max_connections_per_peer,
+        )
         #: The socket whose messages are being served (replies go there).
         self._serving: zmq.Socket[bytes] | None = None
         #: Refusals the connect brokers' threads made, for the loop to record
@@ -170,10 +187,8 @@ class Server:
             self._zap = self._context.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind("inproc://zeromq.zap.01")
-        self._socket = self._router(b"capsup", endpoint)
-        self._accepted = AcceptedConnections(self._socket)
         self._poller = zmq.Poller()
-        self._poller.register(self._accepted.monitor, zmq.POLLIN)
+        self._socket, self._accepted = self._router(b"capsup", endpoint, None)
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._zap, zmq.POLLIN)
         self._peers: dict[str, _Peer] = {}
@@ -198,25 +213,34 @@ class Server:
             self._restore_sigchld = restore
             self._reaping_orphans = True
 
-    def _router(self, domain: bytes, endpoint: str) -> zmq.Socket[bytes]:
+    def _router(
+        self, domain: bytes, endpoint: str, owner: AgentProcess | None
+    ) -> tuple[zmq.Socket[bytes], AcceptedConnections]:
         """A ROUTER socket bound at ``endpoint`` whose connections the ZAP
-        handler judges under ``domain`` (``capsup``, or a confined agent's id).
+        handler judges under ``domain`` (``capsup``, or a confined agent's
+        id), and its accepted connections, watched from the poller (``owner``:
+        the agent whose own endpoint it is).
 
         libzmq assigns routing ids from a counter that starts at its C
         library's ``rand()``, unseeded, so the same in every process: a peer
         that names the next assigned id as its own makes the next ordinary
         connection trip an assertion that aborts the supervisor. The counter
         is drawn from a seed of 32 secret bits instead, so a peer can only
-        guess it (docs/protocol.md, "Routing ids")."""
+        guess it (docs/protocol.md, "Connections")."""
         _libc.srand(secrets.randbits(32))
         sock = self._context.socket(zmq.ROUTER)
+        accepted: AcceptedConnections | None = None
         try:
+            # Watched before it is bound: no connection goes uncounted.
+            accepted = AcceptedConnections(self._context, sock, endpoint, self._connections)
             sock.setsockopt(zmq.ZAP_DOMAIN, domain)
             sock.setsockopt(zmq.LINGER, 0)
             # Messages a little over the limit get a message_too_large reply;
-            # libzmq drops the connection of a peer sending anything far
-            # larger, before it is ever buffered whole.
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes)
+            # libzmq drops the connection of a peer sending anything larger,
+            # before it is ever buffered whole. It also bounds what a peer
+            # that stalls in the middle of a message makes the supervisor
+            # hold: one such message per connection.
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_bytes + _MESSAGE_SLACK)
             # Bound what one peer can make the supervisor buffer before it is read.
             sock.setsockopt(zmq.RCVHWM, 64)
             # A reply to a peer that vanished is dropped silently, not an error.
@@ -228,9 +252,13 @@ class Server:
             sock.setsockopt(zmq.HANDSHAKE_IVL, _HANDSHAKE_MS)
             sock.bind(endpoint)
         except BaseException:
+            if accepted is not None:
+                accepted.close()
             sock.close(linger=0)
             raise
-        return sock
+        self._ledgers[accepted.monitor] = (accepted, owner)
+        self._poller.register(accepted.monitor, zmq.POLLIN)
+        return sock, accepted
 
     # -- agents ---------------------------------------------------------------
 
@@ -251,6 +279,7 @@ class Server:
         policy_name = name if policy_name is None else policy_name
         agent_id = agent_id or new_agent_id(name)
         router: zmq.Socket[bytes] | None = None
+        accepted: AcceptedConnections | None = None
         endpoint: str | None = None
         if self.processes.confiner is not None:
             # A confined agent's connect() is made by the supervisor, so the
@@ -258,7 +287,7 @@ class Server:
             # connects to, the agent's own, is what says who it is.
             self._agent_endpoints.mkdir(mode=0o700, exist_ok=True)
             endpoint = f"ipc://{self._agent_endpoints}/{next(self._endpoint_counter)}.sock"
-            router = self._router(agent_id.encode(), endpoint)
+            router, accepted = self._router(agent_id.encode(), endpoint, None)
         try:
             agent = self.processes.spawn(
                 argv,
@@ -271,9 +300,10 @@ class Server:
             )
         except BaseException:
             if router is not None:
-                router.close(linger=0)
+                self._close_router(router)
             raise
-        if router is not None:
+        if router is not None and accepted is not None:
+            self._ledgers[accepted.monitor] = (accepted, agent)
             self._routers[router] = agent
             self._poller.register(router, zmq.POLLIN)
         assert agent.control is not None
@@ -360,7 +390,7 @@ class Server:
             if owner is agent:
                 del self._routers[router]
                 self._poller.unregister(router)
-                router.close(linger=0)
+                self._close_router(router)
         if agent.confinement is not None:
             with self._reported("releasing an agent's confinement"):
                 agent.confinement.release()
@@ -426,8 +456,12 @@ class Server:
             controlled = self.processes.by_control(item) if isinstance(item, int) else None
             if controlled is not None:
                 self._on_control(controlled)
+        for item in ready:
+            if item in self._ledgers and item is not self._accepted.monitor:
+                self._drain_connections(item)
         if self._accepted.monitor in ready or self._zap in ready:
-            self._accepted.drain()
+            # Before ZAP: an accept is queued before its handshake can end.
+            self._drain_connections(self._accepted.monitor)
         if self._zap in ready:
             self._answer_zap()
         for item in ready:
@@ -1046,12 +1080,35 @@ class Server:
         if self._sink is not None:
             self._sink(event)
 
+    def _close_router(self, router: zmq.Socket[bytes]) -> None:
+        """Close a ROUTER and stop watching its connections."""
+        for monitor, (accepted, _) in list(self._ledgers.items()):
+            if accepted.router is router:
+                del self._ledgers[monitor]
+                self._poller.unregister(monitor)
+                accepted.close()
+        router.close(linger=0)
+
+    def _drain_connections(self, monitor: zmq.Socket[bytes]) -> None:
+        """Take in a ROUTER's new and ended connections; record each one
+        shut down for going past a bound (through the refusal budget)."""
+        accepted, owner = self._ledgers[monitor]
+        for refused in accepted.drain():
+            error = NotAuthorized(f"connection refused: {refused.reason}")
+            with self._reported("recording a refused connection"):
+                self._violation(
+                    ViolationKind.TOO_MANY_CONNECTIONS,
+                    error,
+                    new_trace_id(),
+                    pid=refused.pid,
+                    principal=owner.agent_id if owner is not None else None,
+                )
+
     def close(self) -> None:
-        for router in self._routers:
-            router.close(linger=0)
+        for router in list(self._routers):
+            self._close_router(router)
         self._routers.clear()
-        self._accepted.close()
-        self._socket.close(linger=0)
+        self._close_router(self._socket)
         self._zap.close(linger=0)
         self._context.term()
         if self._restore_sigchld is not None:

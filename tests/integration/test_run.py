@@ -471,7 +471,6 @@ def test_bad_input_never_hurts_the_server(tmp_path: Path) -> None:
             msgpack.packb({"id": 2, "op": "request", "args": {"resource": 5}}): "bad_request",
             msgpack.packb({"id": 3, "op": "validate", "args": {}}): "bad_request",
             msgpack.packb({"id": 4, "op": "whoami", "args": {}, "who": "operator"}): "bad_request",
-            msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (3 << 19)}}): "message_too_large",
         }
         for payload, code in cases.items():
             reply = ask(payload)
@@ -480,6 +479,12 @@ def test_bad_input_never_hurts_the_server(tmp_path: Path) -> None:
         # a little over the limit: refused with a reply, not by dropping the peer
         reply = ask(msgpack.packb({"id": 6, "op": "whoami", "args": {"x": "y" * (1 << 20)}}))
         assert reply["id"] == 6 and reply["error"]["code"] == "message_too_large", reply
+        # more than 64 KiB over: libzmq drops the connection before buffering it whole
+        try:
+            ask(msgpack.packb({"id": 5, "op": "whoami", "args": {"x": "y" * (3 << 19)}}))
+            raise AssertionError("a message far over the limit was read")
+        except zmq.Again:
+            pass
         # a client that vanishes mid-request
         gone = zmq.Context().socket(zmq.DEALER)
         gone.connect(os.environ["CAPSUP_ENDPOINT"])

@@ -1,0 +1,132 @@
+"""Connections are bounded per connecting process and in all (issue 15).
+
+A local stranger floods an endpoint with connections that never finish
+their handshake: each one costs the supervisor a descriptor for the
+handshake interval, and libzmq aborts the whole supervisor when accept()
+meets EMFILE. The strangers here are separate processes speaking raw Unix
+sockets, against a real `capsup run`."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from runner import read_audit, run_argv, wait_for, write_idle_agent
+
+#: A stranger: opens N connections as fast as it can, keeps them for a
+#: while (under the 2 s handshake interval), then prints how many connect()
+#: calls succeeded and how many of those the supervisor has not shut down.
+STRANGER = textwrap.dedent(
+    """
+    import errno, socket, sys, time
+    path, count = sys.argv[1], int(sys.argv[2])
+    held, connected = [], 0
+    for _ in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+        except OSError:
+            s.close()
+            continue
+        connected += 1
+        held.append(s)
+    time.sleep(1.0)
+    still_open = 0
+    for s in held:
+        s.setblocking(False)
+        try:
+            while s.recv(4096):  # libzmq's greeting; b"" is the end
+                pass
+        except BlockingIOError:
+            still_open += 1
+        except OSError:
+            pass
+    print(connected, still_open, flush=True)
+    """
+)
+
+
+def _strangers(endpoint: str, processes: int, each: int) -> list[tuple[int, int, int]]:
+    """Run ``processes`` strangers at once; (pid, connected, still open) of each."""
+    path = endpoint.removeprefix("ipc://")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", STRANGER, path, str(each)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(processes)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        connected, still_open = map(int, out.split())
+        results.append((proc.pid, connected, still_open))
+    return results
+
+
+def _start(root: Path, supervisor: str, nofile: int | None = None) -> subprocess.Popen[bytes]:
+    agent = write_idle_agent(root)
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = subprocess.Popen(
+        run_argv(root, agent, supervisor=supervisor),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit,
+    )
+    wait_for(root / "endpoint")
+    return proc
+
+
+def _finish(root: Path, proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    (root / "done").touch()
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err.decode()
+
+
+def test_connections_per_process_are_bounded(tmp_path: Path) -> None:
+    proc = _start(tmp_path, "max_connections_per_peer = 8")
+    try:
+        endpoint = (tmp_path / "endpoint").read_text()
+        [(pid, connected, still_open)] = _strangers(endpoint, 1, 20)
+    finally:
+        code, err = _finish(tmp_path, proc)
+    assert code == 0, err
+    assert connected == 20  # it really tried: every connect() went through
+    assert still_open == 8
+    refused = [
+        r
+        for r in read_audit(tmp_path / "audit.jsonl")
+        if r["event"] == "security_violation" and r["detail"]["kind"] == "too_many_connections"
+    ]
+    assert refused and all(r["pid"] == pid for r in refused)
+    assert "holds 8 connections here already" in refused[0]["detail"]["message"]
+
+
+def test_a_flood_past_the_descriptor_limit_leaves_the_supervisor_up(tmp_path: Path) -> None:
+    """The supervisor may open 512 descriptors, so it takes at most 256
+    connections; fifteen strangers try 600 that stall their handshakes. Without
+    the bounds, accept() would meet EMFILE and libzmq would abort it."""
+    proc = _start(tmp_path, "", nofile=512)
+    try:
+        endpoint = (tmp_path / "endpoint").read_text()
+        results = _strangers(endpoint, 15, 40)
+        assert proc.poll() is None, "the supervisor died under the flood"
+    finally:
+        code, err = _finish(tmp_path, proc)
+    assert code == 0, err
+    assert sum(connected for _, connected, _ in results) > 256  # more than it may take
+    assert sum(still_open for _, _, still_open in results) <= 256
+    assert all(still_open <= 32 for _, _, still_open in results)  # the per-process bound
+    trail = read_audit(tmp_path / "audit.jsonl")
+    assert [r for r in trail if r["event"] == "agent_terminated"]
+    kinds = {r["detail"].get("kind") for r in trail if r["event"] == "security_violation"}
+    assert "too_many_connections" in kinds
+    assert os.path.exists(tmp_path / "endpoint")
