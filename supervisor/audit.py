@@ -24,8 +24,10 @@ See docs/audit.md.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from capsup.supervisor.audit_record import (
     GENESIS,
     HEAD_META_KEY,
     AuditHead,
+    AuditKeyRequired,
     format_head,
     parse_head,
     record_hash,
@@ -65,6 +68,7 @@ __all__ = [
     "default_audit_path",
     "format_head",
     "parse_head",
+    "read_key_file",
     "trail_files",
     "verify",
 ]
@@ -108,7 +112,10 @@ class AuditLog:
     file does not reach it, opening raises :class:`AuditTampered`. ``keep``
     bounds the rotated files kept (None keeps them all, so the chain can be
     verified from its first record). ``fsync`` makes each write survive a
-    power loss too, at the price of a disk flush per write.
+    power loss too, at the price of a disk flush per write. ``key`` seals
+    each record with an HMAC under it instead of a bare hash (see
+    :mod:`capsup.supervisor.audit_record`); a trail whose last record is
+    keyed cannot be resumed without it.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class AuditLog:
         flush_interval: float = 1.0,
         sample_rate: float = 1.0,
         fsync: bool = False,
+        key: bytes | None = None,
         known_head: AuditHead | None = None,
         on_head: Callable[[int, str], None] | None = None,
         on_written: Callable[[int], None] | None = None,
@@ -139,6 +147,7 @@ class AuditLog:
         self._flush_interval = flush_interval
         self._sample_rate = sample_rate
         self._fsync = fsync
+        self._key = key
         self._on_head = on_head
         self._on_written = on_written
         self._on_error = on_error
@@ -299,7 +308,7 @@ class AuditLog:
 
     def _seal(self, event: Event) -> tuple[bytes, AuditHead]:
         seq = self._tail.seq + 1
-        line, digest = seal_line(event, seq, self._tail.hash)
+        line, digest = seal_line(event, seq, self._tail.hash, key=self._key)
         return line, AuditHead(seq, digest)
 
     def _seal_waiting(self) -> AuditHead:
@@ -325,7 +334,7 @@ class AuditLog:
         for event in events:
             before = (seq, digest)
             seq += 1
-            line, digest = seal_line(event, seq, digest, **extra)
+            line, digest = seal_line(event, seq, digest, key=self._key, **extra)
             lines.append(line)
         self._buffer.extend(lines)
         self._waiting = []
@@ -429,12 +438,11 @@ class AuditLog:
             if not lines:
                 continue
             record = parse_line(lines[0])
-            if record is None or record_hash(record) != record["hash"]:
+            if record is None:
                 raise AuditTampered(
-                    f"the last line of {path} is not an intact audit record",
-                    seq=record["seq"] if record else 0,
-                    reason="edited",
+                    f"the last line of {path} is not an audit record", seq=0, reason="edited"
                 )
+            _intact(record, path, self._key)
             last = AuditHead(record["seq"], record["hash"])
             break
         if known is not None and known.seq > 0:
@@ -511,12 +519,12 @@ class AuditLog:
                             reason="edited",
                         )
                     if record["seq"] == seq:
-                        return _intact(record, path), record
+                        return _intact(record, path, self._key), record
                     if oldest is None or record["seq"] < oldest["seq"]:
                         oldest, oldest_path = record, path
             except OSError as error:
                 raise AuditUnavailable(f"cannot read the audit trail {path}: {error}") from error
-        return None, None if oldest is None else _intact(oldest, oldest_path)
+        return None, None if oldest is None else _intact(oldest, oldest_path, self._key)
 
     def _files_newest_first(self) -> list[Path]:
         """The live file and its rotated files, newest first.
@@ -533,10 +541,52 @@ class AuditLog:
             ) from error
 
 
-def _intact(record: dict[str, Any], path: Path) -> dict[str, Any]:
+#: A key shorter than SHA-256's output would be the weakest link.
+MIN_KEY_BYTES = 32
+MAX_KEY_BYTES = 4096
+
+
+def read_key_file(path: str | Path) -> bytes:
+    """The audit key in ``path``: its bytes, less one trailing newline (so
+    ``openssl rand -hex 32 > FILE`` makes one). Refused, with what to do,
+    unless it is a regular file (not a symlink) that only its owner may read,
+    of 32 to 4096 bytes: a key others can read proves nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        raise AuditUnavailable(f"cannot open the audit key {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise AuditUnavailable(f"the audit key {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise AuditUnavailable(
+                f"the audit key {path} may be read by others (mode {info.st_mode & 0o777:o}): "
+                f"chmod 600 {path}"
+            )
+        data = os.read(fd, MAX_KEY_BYTES + 2)
+    finally:
+        os.close(fd)
+    key = data[:-1] if data.endswith(b"\n") else data
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise AuditUnavailable(
+            f"the audit key {path} holds {len(key)} bytes; it needs {MIN_KEY_BYTES} to "
+            f"{MAX_KEY_BYTES} (openssl rand -hex 32 > {path})"
+        )
+    return key
+
+
+def _intact(record: dict[str, Any], path: Path, key: bytes | None) -> dict[str, Any]:
     """``record``, if its hash is the hash of its content; a record the
     start-up checks rely on must not have been edited under its old hash."""
-    if record_hash(record) != record["hash"]:
+    try:
+        expected = record_hash(record, key)
+    except AuditKeyRequired:
+        raise AuditUnavailable(
+            f"the audit trail {path} is sealed with a key: name its key file in "
+            "[supervisor] audit_key_file"
+        ) from None
+    if not hmac.compare_digest(expected, str(record["hash"])):
         raise AuditTampered(
             f"record {record['seq']} in {path} does not match its hash",
             seq=record["seq"],

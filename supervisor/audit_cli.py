@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from capsup.agents.errors import AuditUnavailable
+from capsup.supervisor.audit import read_key_file
 from capsup.supervisor.audit_record import HEAD_META_KEY, format_head, parse_head
 from capsup.supervisor.audit_verify import (
     iter_lines,
@@ -72,9 +74,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the chain head the state store kept; detects a cut-off tail",
     )
     head.add_argument(
+        "--state",
         "--store",
+        dest="store",
         metavar="PATH",
         help="read that head from the supervisor's state file (opened read-only)",
+    )
+    check.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="the trail's key ([supervisor] audit_key_file): check its HMACs",
     )
     check.add_argument(
         "--allow-missing-start",
@@ -179,11 +188,16 @@ def _verify(args: argparse.Namespace) -> int:
         head = parse_head(text) if text else None
     except ValueError as error:
         raise UsageError(f"audit verify: --head: {error}") from None
-    result = verify(_files(args.paths), head, allow_partial_start=args.allow_missing_start)
+    try:
+        key = read_key_file(args.key_file) if args.key_file else None
+    except AuditUnavailable as error:
+        raise UsageError(f"audit verify: {error}") from None
+    result = verify(_files(args.paths), head, allow_partial_start=args.allow_missing_start, key=key)
     if result.ok:
         span = f"seq {result.first_seq}..{result.head.seq}, " if result.head else ""
         shown = format_head(result.head) if result.head else "empty"
-        print(f"ok: {result.records} records intact, {span}head {shown}")
+        keyed = f" ({result.keyed} keyed)" if result.keyed else ""
+        print(f"ok: {result.records} records intact{keyed}, {span}head {shown}")
         return 0
     where = f" ({result.path}:{result.line})" if result.path else ""
     print(f"broken at seq {result.broken_seq}: {result.reason}: {result.message}{where}")

@@ -6,12 +6,22 @@ hashed, so both take it from here and nowhere else. A record is a flat JSON
 object; its ``hash`` is the SHA-256 of the canonical JSON of every other field
 (``prev`` included), and ``prev`` is the ``hash`` of the record before it, so
 changing, removing or moving any record breaks every link after it.
+
+A hash chain alone is caught rewritten only against a head kept elsewhere
+(the state store's): whoever can write the trail can recompute every hash.
+With a key (``[supervisor] audit_key_file``), each ``hash`` is instead an
+HMAC-SHA256 under it, written ``hmac-sha256:HEX``, so rewriting any record
+needs the key, which agents never get. A trail may begin unkeyed (the key
+was configured later): unkeyed records are allowed only before the first
+keyed one, whose ``prev`` pins them, and a check with the key needs the
+last record keyed (see :mod:`capsup.supervisor.audit_verify`).
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import hmac
 import json
 import math
 import operator
@@ -28,7 +38,9 @@ __all__ = [
     "GENESIS",
     "HEAD_META_KEY",
     "MAX_TEXT",
+    "KEYED",
     "AuditHead",
+    "AuditKeyRequired",
     "canonical",
     "format_head",
     "parse_head",
@@ -52,7 +64,14 @@ EVENT_FIELDS = Event._fields
 #: chose, and what a client sends must not decide how large the trail grows.
 MAX_TEXT = 512
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: The prefix of a keyed record's ``hash``.
+KEYED = "hmac-sha256:"
+
+_HASH = re.compile(r"(?:hmac-sha256:)?[0-9a-f]{64}")
+
+
+class AuditKeyRequired(ValueError):
+    """A record is sealed with a key, and none was given to check it."""
 
 
 class AuditHead(NamedTuple):
@@ -73,14 +92,30 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     ).encode("ascii")
 
 
-def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) over the canonical bytes of ``record`` without its ``hash``."""
-    body = {key: value for key, value in record.items() if key != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
+def record_hash(record: Mapping[str, Any], key: bytes | None = None) -> str:
+    """What ``record``'s ``hash`` must be: over the canonical bytes of the
+    record without its ``hash``, SHA-256 (hex) for an unkeyed record, and
+    ``hmac-sha256:HEX`` under ``key`` for a keyed one (raises
+    :class:`AuditKeyRequired` if ``key`` is None)."""
+    body = canonical({name: value for name, value in record.items() if name != "hash"})
+    if not str(record.get("hash", "")).startswith(KEYED):
+        return hashlib.sha256(body).hexdigest()
+    if key is None:
+        raise AuditKeyRequired("the record is sealed with a key: give the key to check it")
+    return _digest(body, key)
 
 
-def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, str]:
-    """The chained record for ``event`` as its line, and its hash.
+def _digest(body: bytes, key: bytes | None) -> str:
+    if key is None:
+        return hashlib.sha256(body).hexdigest()
+    return KEYED + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def seal_line(
+    event: Event, seq: int, prev: str, *, key: bytes | None = None, **extra: Any
+) -> tuple[bytes, str]:
+    """The chained record for ``event`` as its line, and its hash (keyed
+    under ``key`` when there is one).
 
     The record holds every event field, ``seq``, ``prev`` and any ``extra``
     fields (such as ``sample_rate``). The line is the canonical body with
@@ -90,7 +125,7 @@ def seal_line(event: Event, seq: int, prev: str, **extra: Any) -> tuple[bytes, s
     body = None if extra else _fast_canonical_body(event, seq, prev)
     if body is None:
         body = canonical(_body(event, seq, prev, extra))
-    digest = hashlib.sha256(body).hexdigest()
+    digest = _digest(body, key)
     return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n', digest
 
 
@@ -209,8 +244,11 @@ def format_head(head: AuditHead) -> str:
 def parse_head(text: str) -> AuditHead:
     """Read ``SEQ:HASH``; raise :class:`ValueError` saying what is wrong."""
     seq_text, sep, digest = text.strip().partition(":")
-    if not sep or not seq_text.isdigit() or not _HEX64.fullmatch(digest):
-        raise ValueError(f"not a chain head {text!r}: expected SEQ:HASH (HASH = 64 hex digits)")
+    if not sep or not seq_text.isdigit() or not _HASH.fullmatch(digest):
+        raise ValueError(
+            f"not a chain head {text!r}: expected SEQ:HASH "
+            "(HASH = 64 hex digits, after hmac-sha256: when keyed)"
+        )
     return AuditHead(int(seq_text), digest)
 
 

@@ -7,10 +7,17 @@ one whose hash does not match (edited), a gap in the sequence (deleted), a
 sequence out of order (reordered), a cut-off end (truncated: a partial last
 line, or fewer records than the head the state store kept), or a chain that
 is internally consistent but ends somewhere else than that head (rewritten).
+
+With the trail's key, a keyed chain is proof on its own: rewriting it needs
+the key. Unkeyed records may only come before the first keyed one (a key
+configured later), and the last record must be keyed (unkeyed: a chain
+rewritten without the key); without the key a keyed record cannot be checked
+(key_required).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import re
@@ -19,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from capsup.supervisor.audit_record import GENESIS, AuditHead, record_hash
+from capsup.supervisor.audit_record import (
+    GENESIS,
+    KEYED,
+    AuditHead,
+    AuditKeyRequired,
+    record_hash,
+)
 
 __all__ = [
     "RawLine",
@@ -54,8 +67,9 @@ class VerifyResult:
 
     When ``ok`` is false, ``broken_seq`` is the sequence number of the first
     record that is wrong or missing and ``reason`` one of ``edited``,
-    ``deleted``, ``reordered``, ``truncated``, ``rewritten``; ``message``
-    says it in a sentence and ``path``/``line`` point at the place.
+    ``deleted``, ``reordered``, ``truncated``, ``rewritten``, ``unkeyed``,
+    ``key_required``; ``message`` says it in a sentence and ``path``/``line``
+    point at the place. ``keyed`` counts the records sealed with a key.
     """
 
     ok: bool
@@ -67,6 +81,7 @@ class VerifyResult:
     message: str = ""
     path: Path | None = None
     line: int | None = None
+    keyed: int = 0
 
 
 def rotated_siblings(path: Path) -> list[Path]:
@@ -186,6 +201,7 @@ def verify(
     expected_head: AuditHead | None = None,
     *,
     allow_partial_start: bool = False,
+    key: bytes | None = None,
 ) -> VerifyResult:
     """Check a trail's hashes, links and sequence across its files.
 
@@ -194,13 +210,14 @@ def verify(
     a cleanly cut-off tail cannot be told from a trail that simply ended.
     ``allow_partial_start`` accepts a trail whose oldest files were deleted
     by retention (the first record need not be seq 1); otherwise a missing
-    start is reported as deleted records.
+    start is reported as deleted records. ``key`` is the trail's key, if
+    it has one.
     """
     files = trail_files(paths)
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such audit file")
-    checker = _Checker(expected_head, allow_partial_start)
+    checker = _Checker(expected_head, allow_partial_start, key)
     lines = iter_lines(files)
     for raw in lines:
         broken = checker.feed(raw, lines)
@@ -212,10 +229,14 @@ def verify(
 class _Checker:
     """The state of one walk along the chain."""
 
-    def __init__(self, expected_head: AuditHead | None, allow_partial_start: bool) -> None:
+    def __init__(
+        self, expected_head: AuditHead | None, allow_partial_start: bool, key: bytes | None
+    ) -> None:
         self.expected_head = expected_head
         self.allow_partial_start = allow_partial_start
+        self.key = key
         self.records = 0
+        self.keyed = 0
         self.first_seq: int | None = None
         self.last: AuditHead | None = None
         self.last_place: tuple[Path, int] | None = None
@@ -231,6 +252,7 @@ class _Checker:
             message=message,
             path=raw.path if raw else None,
             line=raw.lineno if raw else None,
+            keyed=self.keyed,
         )
 
     def feed(self, raw: RawLine, rest: Iterator[RawLine]) -> VerifyResult | None:
@@ -241,8 +263,18 @@ class _Checker:
         if record is None:
             return self.broken(expected, "edited", "the line is not an audit record", raw)
         seq: int = record["seq"]
-        if record_hash(record) != record["hash"]:
+        try:
+            digest = record_hash(record, self.key)
+        except AuditKeyRequired:
+            message = "the record is sealed with a key: give the trail's key (--key-file)"
+            return self.broken(seq, "key_required", message, raw)
+        if not hmac.compare_digest(digest, str(record["hash"])):
             return self.broken(seq, "edited", "the record does not match its hash", raw)
+        if str(record["hash"]).startswith(KEYED):
+            self.keyed += 1
+        elif self.keyed:
+            message = "an unkeyed record after keyed ones: the chain was rewritten without the key"
+            return self.broken(seq, "unkeyed", message, raw)
         if self.last is None:
             start_ok = (seq == 1 and record["prev"] == GENESIS) or self.allow_partial_start
             if not start_ok:
@@ -289,12 +321,21 @@ class _Checker:
                 f"the trail ends at seq {last_seq}, the state store's head is seq {head.seq}",
                 None,
             )
+        if self.key is not None and self.last is not None and not self.keyed:
+            return self.broken(
+                self.last.seq,
+                "unkeyed",
+                "no record is sealed with the key: the chain was written (or rewritten) without it",
+                None,
+            )
+        keyed = f" ({self.keyed} keyed)" if self.keyed else ""
         return VerifyResult(
             ok=True,
             records=self.records,
             first_seq=self.first_seq,
             head=self.last,
-            message=f"{self.records} records intact",
+            message=f"{self.records} records intact{keyed}",
+            keyed=self.keyed,
         )
 
 

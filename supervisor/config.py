@@ -76,6 +76,9 @@ class Settings:
     #: (supervisor/refusal_limit.py).
     refusal_records_per_second: float = 20.0
     refusal_records_burst: int = 100
+    #: An absolute path: the audit chain is sealed with an HMAC under the
+    #: key this file holds (supervisor/audit_record.py); None: bare hashes.
+    audit_key_file: str | None = None
 
 
 #: The positive numbers among the settings, and the types each may be.
@@ -190,6 +193,11 @@ def _parse_settings(section: Mapping[str, Any]) -> Settings:
     for key, value in section.items():
         if key == "pass_environment":
             values[key] = _name_patterns(value, f"supervisor.{key}")
+            continue
+        if key == "audit_key_file":
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise PolicyError(f"supervisor.{key}: must be an absolute path")
+            values[key] = value
             continue
         choices = _CHOICE_SETTINGS.get(key)
         if choices is not None:

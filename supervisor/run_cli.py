@@ -23,8 +23,9 @@ from capsup.supervisor.cli import UsageError
 from capsup.supervisor.config import Config, ConfigError, load_config
 from capsup.supervisor.confinement.leftovers import RuntimeDir
 from capsup.supervisor.confinement.setup import ConfinementUnavailable
+from capsup.supervisor.processes import AgentProcess
 from capsup.supervisor.runtime import MetricsUnavailable, Runtime, RuntimeOptions
-from capsup.supervisor.server import exit_code_of, new_trace_id
+from capsup.supervisor.server import Server, exit_code_of, new_trace_id
 from capsup.supervisor.store import StoreError
 
 __all__ = ["register"]
@@ -107,20 +108,32 @@ def run(args: argparse.Namespace) -> int:
     with runtime:
         server = runtime.server
         server.install_signal_handlers(_FORWARDED)
-        agent = server.start_agent(argv, name=args.name or default_name, trace_id=new_trace_id())
-        while agent.running:
-            server.turn(timeout=1.0)
-            for signum in server.pending_signals:
-                # A Ctrl-C typed at a terminal already reached the agent, which
-                # shares our foreground process group; do not deliver it twice.
-                if not (signum == signal.SIGINT and _terminal_sent_it()):
-                    server.processes.send_signal(agent, signum)
-                server.processes.kill_later(agent, time.time() + grace)
-            server.pending_signals.clear()
-        server.stop_all()
-        code = exit_code_of(agent)
+        try:
+            agent = server.start_agent(
+                argv, name=args.name or default_name, trace_id=new_trace_id()
+            )
+        except ConfinementUnavailable as error:
+            print(f"capsup: agent not started: {error}", file=sys.stderr)
+            code = EXIT_CANNOT_START
+        else:
+            code = _serve_until_exit(server, agent, grace)
     runtime_dir.remove()
     return code
+
+
+def _serve_until_exit(server: Server, agent: AgentProcess, grace: float) -> int:
+    """Serve until ``agent`` exits, forwarding signals; its exit code."""
+    while agent.running:
+        server.turn(timeout=1.0)
+        for signum in server.pending_signals:
+            # A Ctrl-C typed at a terminal already reached the agent, which
+            # shares our foreground process group; do not deliver it twice.
+            if not (signum == signal.SIGINT and _terminal_sent_it()):
+                server.processes.send_signal(agent, signum)
+            server.processes.kill_later(agent, time.time() + grace)
+        server.pending_signals.clear()
+    server.stop_all()
+    return exit_code_of(agent)
 
 
 def _terminal_sent_it() -> bool:

@@ -24,6 +24,7 @@ from capsup.supervisor.audit import (
     default_audit_path,
     format_head,
     parse_head,
+    read_key_file,
 )
 from capsup.supervisor.config import Config
 from capsup.supervisor.confinement.dumpable import make_undumpable
@@ -74,9 +75,11 @@ def run_audit_path() -> Path:
 
 
 def _protected_paths(config: Config, options: RuntimeOptions, trail: Path) -> tuple[str, ...]:
-    """What no agent's code grant may cover: the policy, the state, the trail
-    (the runtime directory the confiner adds itself)."""
+    """What no agent's code grant may cover: the policy, the state, the trail,
+    the trail's key (the runtime directory the confiner adds itself)."""
     paths = [str(trail)]
+    if config.settings.audit_key_file:
+        paths.append(config.settings.audit_key_file)
     if config.source and Path(config.source).is_file():
         paths.append(config.source)
     if options.state and options.state != ":memory:":
@@ -113,12 +116,15 @@ class Runtime:
         for problem in sweep_leftovers(runtime_dir.parent):
             print(f"capsup: warning: {problem}", file=sys.stderr)
         self.config = config
+        key_file = config.settings.audit_key_file
+        key = read_key_file(key_file) if key_file else None
         self.store = Store(options.state)
         known = self.store.get_meta(HEAD_META_KEY)
         known_head: AuditHead | None = parse_head(known) if known else None
         self.metrics = Metrics()
         self.audit = AuditLog(
             options.audit_log or run_audit_path(),
+            key=key,
             known_head=known_head,
             on_head=self._remember_head,
             on_written=self.metrics.audit_records_written,
@@ -145,6 +151,7 @@ class Runtime:
                     runtime_dir,
                     config.sandboxes,
                     protected=_protected_paths(config, options, self.audit.path),
+                    secrets=[key_file] if key_file else [],
                 )
             except BaseException:
                 self.audit.close()

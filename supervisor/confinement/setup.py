@@ -103,6 +103,7 @@ class Confiner:
         *,
         support: Support | None = None,
         protected: Sequence[str] = (),
+        secrets: Sequence[str] = (),
     ) -> None:
         self.mode = mode
         self.support = support or probe()
@@ -116,6 +117,9 @@ class Confiner:
         #: Paths no agent's code grant may cover: the runtime directory, the
         #: policy, the state, the trail.
         self._protected = (str(runtime_dir), *protected)
+        #: Files no agent may reach by any grant (the audit key): an agent
+        #: whose plan reaches one is not started.
+        self._secrets = tuple(os.path.realpath(path) for path in secrets)
         self._scratch_root = runtime_dir / "scratch"
         self._scratch_root.mkdir(mode=0o700, exist_ok=True)
         self._cgroups = CgroupManager.detect() if self.support.cgroups else None
@@ -161,12 +165,28 @@ class Confiner:
                 protected=self._protected,
                 parent=parent,
             )
+            self._check_secrets(policy_name, plan)
         except BaseException:
             if cgroup is not None:
                 cgroup.remove()
             remove_scratch(scratch)
             raise
         return AgentConfinement(agent_id, scratch, endpoint_path, plan, cgroup)
+
+    def _check_secrets(self, policy_name: str, plan: ConfinementPlan) -> None:
+        """Refuse a plan under which the agent could read a secret: Landlock
+        grants whole trees and has no exceptions, so a grant above a secret
+        cannot be narrowed around it."""
+        granted = (*plan.read_exec, *plan.read_only, *plan.read_write)
+        for secret in self._secrets:
+            for path in granted:
+                root = os.path.realpath(path)
+                if secret == root or secret.startswith(root.rstrip("/") + "/"):
+                    raise ConfinementUnavailable(
+                        f"the sandbox of {policy_name or 'this agent'!r} reaches {secret} "
+                        f"(through {path}), which no agent may read: keep the audit key "
+                        "where no agent's grants reach"
+                    )
 
     def close(self) -> None:
         if self._cgroups is not None:
