@@ -189,6 +189,10 @@ class Op(StrEnum):
 
 
 RequestId = str | int
+#: A frame as the supervisor holds it: bytes, or a view of the receive
+#: buffer for a message it will only look into (a stranger's, which is
+#: never copied: copying a 1 MiB frame costs more than refusing it).
+FrameData = bytes | memoryview
 """A request id: chosen by the client, echoed by the server, never interpreted."""
 
 
@@ -231,7 +235,7 @@ REPLY_LIMITS: Final = DecodeLimits(65536, None, None)
 
 
 def decode(
-    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, limits: DecodeLimits = REQUEST_LIMITS
+    data: FrameData, *, max_bytes: int = MAX_MESSAGE_BYTES, limits: DecodeLimits = REQUEST_LIMITS
 ) -> Any:
     """Decode exactly one msgpack value from untrusted bytes.
 
@@ -314,7 +318,7 @@ def _formats() -> tuple[tuple[int, int] | None, ...]:
 _FORMATS: Final = _formats()
 
 
-def _value_end(data: bytes, pos: int, limits: DecodeLimits) -> int | None:
+def _value_end(data: FrameData, pos: int, limits: DecodeLimits) -> int | None:
     """Where the value that starts at ``pos`` ends, found from its headers
     without building anything; refuses it past ``limits`` (values, entries,
     depth) at the first header that takes it there.
@@ -387,7 +391,7 @@ def _check_tree(value: Any, depth: int) -> None:
 # -- framing ----------------------------------------------------------------
 
 
-def routing_envelope(frames: Sequence[bytes]) -> list[bytes]:
+def routing_envelope(frames: Sequence[FrameData]) -> list[bytes]:
     """The frames a ROUTER must put before its reply to this message.
 
     That is the peer's routing id, plus the empty delimiter when the peer
@@ -395,12 +399,14 @@ def routing_envelope(frames: Sequence[bytes]) -> list[bytes]:
     this before anything that can fail, so even a badly framed message gets
     an error reply the peer can receive.
     """
+    head = frames[0]
+    routing_id = head if type(head) is bytes else bytes(head)
     if len(frames) >= 3 and frames[1] == b"":
-        return [frames[0], b""]
-    return list(frames[:1])
+        return [routing_id, b""]
+    return [routing_id]
 
 
-def request_payload(frames: Sequence[bytes], envelope: Sequence[bytes]) -> bytes:
+def request_payload(frames: Sequence[FrameData], envelope: Sequence[bytes]) -> FrameData:
     """The single request frame of a message received on a ROUTER socket,
     after its ``envelope`` (what :func:`routing_envelope` returned for it)."""
     body = frames[len(envelope) :]
@@ -433,7 +439,7 @@ class Request:
 _ENVELOPE_KEYS: Final = frozenset({"id", "op", "args", "trace_id"})
 
 
-def parse_request(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request:
+def parse_request(data: FrameData, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Request:
     """Decode and check one request envelope.
 
     Raises :class:`MessageTooLarge`, :class:`BadRequest` or
@@ -491,7 +497,7 @@ def _check_trace_id(value: object) -> str:
     return value
 
 
-def best_effort_ids(data: bytes) -> tuple[RequestId | None, str | None]:
+def best_effort_ids(data: FrameData) -> tuple[RequestId | None, str | None]:
     """The request's id and trace id, each if it can be read from a message
     that failed to parse (or came from a stranger).
 
@@ -516,7 +522,7 @@ _SCALAR_LIMITS: Final = DecodeLimits(0, 1, None)
 _SALVAGE_SCALAR_BYTES: Final = 4 * MAX_ID_LENGTH + 3
 
 
-def _salvage(data: bytes) -> tuple[RequestId | None, str | None]:
+def _salvage(data: FrameData) -> tuple[RequestId | None, str | None]:
     # Walk the top-level map key by key, finding where each key and value
     # ends from the headers alone, so an id survives an oversized,
     # truncated or ill-typed message, and nothing is copied or built but
@@ -550,7 +556,7 @@ def _salvage(data: bytes) -> tuple[RequestId | None, str | None]:
     return request_id, trace_id
 
 
-def _short_scalar(data: bytes, start: int, end: int) -> Any:
+def _short_scalar(data: FrameData, start: int, end: int) -> Any:
     """The scalar in ``data[start:end]`` if it is short enough to be a key
     or an id, else None."""
     if end - start > _SALVAGE_SCALAR_BYTES:

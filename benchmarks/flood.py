@@ -1,7 +1,7 @@
 """Flood benchmark: a stranger floods the supervisor; prints its figures.
 
     .venv/bin/python benchmarks/flood.py [--duration 5] [--repeat 3] [--count 100000]
-        [--garbage small|nested] [--agent-scheduling batch|inherit]
+        [--garbage small|nested] [--agent-scheduling batch|inherit] [--confine required|off]
 
 Measures, in one run, on whatever machine runs it:
 
@@ -10,8 +10,9 @@ Measures, in one run, on whatever machine runs it:
    supervisor's shared endpoint) sends garbage as fast as it can, the two
    phases alternating ``--repeat`` times (the medians are printed). The
    supervisor is a real :class:`~capsup.supervisor.runtime.Runtime` in this
-   process (trail and metrics on); the agent is unconfined (the loop's work
-   for a validate is the same), and its latencies are measured by itself;
+   process (trail and metrics on); the agent runs confined, as by default,
+   on its own endpoint (``--confine off``: unconfined, on the shared
+   endpoint the stranger floods), and its latencies are measured by itself;
 2. the trail's growth per 100,000 refused messages: the stranger sends
    ``--count`` messages while nobody else works, the trail is measured
    before and after (the supervisor closed, so every summary is on file);
@@ -117,16 +118,19 @@ def refused(runtime: Runtime) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def runtime_in(workdir: Path, resource_root: Path, scheduling: str = "batch") -> Runtime:
+def runtime_in(
+    workdir: Path, resource_root: Path, scheduling: str = "batch", confine: str = "off"
+) -> Runtime:
     allow = [{"resource": f"file://{resource_root}", "operations": ["read"]}]
+    worker = {"allow": allow, "sandbox": {"write": [str(workdir)]}}
     config = parse_config(
-        {"agents": {"worker": {"allow": allow}}, "supervisor": {"agent_scheduling": scheduling}},
+        {"agents": {"worker": worker}, "supervisor": {"agent_scheduling": scheduling}},
         source="<flood benchmark>",
     )
     options = RuntimeOptions(
         endpoint=f"ipc://{workdir}/capsup.sock",
         audit_log=str(workdir / "audit.jsonl"),
-        confine="off",
+        confine=confine,
     )
     return Runtime(config, options)
 
@@ -167,7 +171,7 @@ def latency(args: argparse.Namespace) -> None:
         (root / "x").write_text("validated, never read")
         code = workdir / "worker.py"
         code.write_text(WORKER)
-        runtime = runtime_in(workdir, root, args.agent_scheduling)
+        runtime = runtime_in(workdir, root, args.agent_scheduling, args.confine)
         flood = None
         try:
             argv = [sys.executable, str(code), tmp, str(args.duration), f"file://{root}", *phases]
@@ -301,10 +305,17 @@ def main() -> None:
         default="batch",
         help="the working agent's [supervisor] agent_scheduling (capsup's default: batch)",
     )
+    parser.add_argument(
+        "--confine",
+        choices=("required", "off"),
+        default="required",
+        help="the working agent confined on its own endpoint (default), or not, on the shared one",
+    )
     args = parser.parse_args()
     print(
         f"{os.cpu_count()} CPUs; garbage: {args.garbage}; agent scheduling: "
-        f"{args.agent_scheduling}; target p99 < {TARGET_P99_MS} ms"
+        f"{args.agent_scheduling}; agent confined: {args.confine}; "
+        f"target p99 < {TARGET_P99_MS} ms"
     )
     latency(args)
     trail_growth(args)
