@@ -34,6 +34,9 @@ typecheck: $(STAMP)
 
 # The Prometheus integration test scrapes a running supervisor with a real
 # Prometheus server (Debian's package); promtool checks the exposition format.
+# The SQL broker's tests start a PostgreSQL cluster of their own, in a
+# temporary directory on a free port, with the server binaries of Debian's
+# postgresql package; the cluster Debian may create and start plays no part.
 system-deps:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -42,6 +45,14 @@ system-deps:
 	      --no-install-recommends prometheus >/dev/null; \
 	  else \
 	    echo "warning: prometheus/promtool missing and cannot be installed here: those tests will skip"; \
+	  fi; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql (for the SQL broker's tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends postgresql >/dev/null; \
+	  else \
+	    echo "warning: PostgreSQL missing and cannot be installed here: its tests will skip"; \
 	  fi; }
 
 unit: $(STAMP) system-deps
