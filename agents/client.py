@@ -22,6 +22,12 @@ a revocation stops the next one), and :meth:`Client.open` returns an
 ordinary file object over a descriptor the supervisor opened and handed
 over (native speed; it stays usable until closed, whatever happens to the
 capability later).
+
+APIs and databases are reached the same way: :meth:`Client.http` and
+:meth:`Client.query` ask the supervisor to make the request, under a
+capability, with credentials the agent never sees; ``HttpxTransport``
+(``capsup.agents.HttpxTransport``) puts :meth:`Client.http` under an
+``httpx.Client``, so code written for httpx runs unchanged.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from capsup.agents.errors import (
     InternalError,
     SupervisorGone,
 )
-from capsup.agents.protocol import MAX_IO_BYTES, Op, encode, parse_reply
+from capsup.agents.protocol import MAX_IO_BYTES, Op, SqlValue, encode, parse_reply
+from capsup.agents.results import HttpResponse, QueryResult
 
 __all__ = [
     "ENDPOINT_ENV",
@@ -63,6 +70,11 @@ __all__ = [
 ENDPOINT_ENV: Final = "CAPSUP_ENDPOINT"
 
 _T = TypeVar("_T")
+
+#: How long the supervisor may rightly take over a brokered request (its
+#: bound on an HTTP exchange and on a statement), on top of the call's own
+#: timeout.
+_BROKERED_TIME: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +545,78 @@ class Client:
             raise
         _name_file(file, resource)
         return file
+
+    # -- APIs and databases ---------------------------------------------------
+
+    def http(
+        self,
+        capability: CapabilityRef,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        timeout: float | None = None,
+        trace_id: str | None = None,
+    ) -> HttpResponse:
+        """Have the supervisor make an HTTP request under ``capability``.
+
+        The supervisor checks the method and the URL against the capability,
+        connects to the address it checked, adds the credentials the
+        capability carries (which the agent never sees), and returns the
+        response as it came: a redirect is not followed (ask again for its
+        ``Location``). ``timeout`` (seconds) shortens the supervisor's own
+        bound on the whole exchange (30 s). The headers ``Host``,
+        ``Connection``, ``Transfer-Encoding``, ``Content-Length`` and
+        ``Proxy-*`` are the supervisor's to set.
+
+        Raises ``ConstraintViolation`` (a private address, a body or
+        response past ``max_bytes``), ``BadRequest`` (a forbidden header),
+        ``UpstreamError`` (no answer, a TLS failure, a timeout) and the
+        kernel's refusals."""
+        args: dict[str, Any] = {
+            "capability": _capability_id(capability),
+            "method": method,
+            "url": url,
+        }
+        if headers:
+            args["headers"] = dict(headers)
+        if body:
+            args["body"] = bytes(body)
+        _put(args, "timeout", timeout)
+        bound = _BROKERED_TIME if timeout is None else min(timeout, _BROKERED_TIME)
+        result = self._call(Op.HTTP, args, trace_id, held_for=bound)
+        return HttpResponse.from_result(result)
+
+    def query(
+        self,
+        capability: CapabilityRef,
+        statement: str,
+        params: Sequence[SqlValue] = (),
+        *,
+        resource: str | None = None,
+        trace_id: str | None = None,
+    ) -> QueryResult:
+        """Have the supervisor run one SQL statement under ``capability``.
+
+        ``params`` are bound to the statement's placeholders (``?`` for
+        SQLite, ``$1, $2, ...`` for PostgreSQL), never written into it.
+        ``resource`` (``db://NAME``) defaults to the capability's own, when
+        ``capability`` is a :class:`Capability`. Raises
+        ``ConstraintViolation`` (a table outside ``tables``, too many rows),
+        ``UpstreamError`` (the database failed) and the kernel's refusals."""
+        if resource is None:
+            if not isinstance(capability, Capability):
+                raise ValueError("query needs resource= when given a capability id")
+            resource = capability.resource
+        args = {
+            "capability": _capability_id(capability),
+            "resource": resource,
+            "statement": statement,
+            "params": list(params),
+        }
+        result = self._call(Op.QUERY, args, trace_id, held_for=_BROKERED_TIME)
+        return QueryResult.from_result(result)
 
     # -- transport ----------------------------------------------------------
 

@@ -33,6 +33,8 @@ codes by what the caller can do about them::
     +-- SupervisorError           the supervisor could not do its part
     |   +-- InternalError            internal_error
     |   +-- AuditUnavailable         audit_unavailable
+    |   +-- UpstreamError            upstream_error (``reason`` says which)
+    |   +-- Busy                     busy
     +-- ConnectionClosed          the SDK's socket was closed by this side
     +-- SupervisorGone            the supervisor stopped answering
 
@@ -50,6 +52,7 @@ __all__ = [
     "AgentError",
     "AuditUnavailable",
     "BadRequest",
+    "Busy",
     "CapsupError",
     "ConnectionClosed",
     "ConstraintViolation",
@@ -75,6 +78,7 @@ __all__ = [
     "UnknownAgent",
     "UnknownCapability",
     "UnknownOperation",
+    "UpstreamError",
     "WaitTimeout",
     "error_class_for_code",
 ]
@@ -240,6 +244,23 @@ class AuditUnavailable(SupervisorError):
     """The audit trail cannot be written, so the supervisor fails closed."""
 
     code = "audit_unavailable"
+
+
+class UpstreamError(SupervisorError):
+    """The server or database a brokered ``http`` or ``query`` went to did
+    not answer as it should: ``reason`` says how (``dns_failed``,
+    ``connect_failed``, ``tls_error``, ``timeout``, ``connection_lost``,
+    ``protocol_error``, ``unavailable``, ``database_error``). The capability
+    allowed the request; whether it had an effect there is unknown."""
+
+    code = "upstream_error"
+
+
+class Busy(SupervisorError):
+    """Too many brokered requests of this agent (or of all) are in flight;
+    nothing was done. Retry once some have been answered."""
+
+    code = "busy"
 
 
 class ConnectionClosed(CapsupError):

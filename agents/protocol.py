@@ -38,30 +38,38 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_ENTRIES",
     "MAX_FILE_OFFSET",
+    "MAX_HTTP_HEADERS",
     "MAX_ID_LENGTH",
     "MAX_IO_BYTES",
     "MAX_MESSAGE_BYTES",
     "MAX_METADATA_BYTES",
+    "MAX_METHOD_LENGTH",
     "MAX_OPERATIONS",
     "MAX_PLAN_REQUESTS",
+    "MAX_QUERY_PARAMS",
     "MAX_RESOURCE_LENGTH",
     "MAX_SPAWN_ARGV",
     "MAX_SPAWN_CAPABILITIES",
+    "MAX_URL_LENGTH",
     "MAX_VALUES",
     "OPEN_MODES",
     "PROTOCOL_VERSION",
     "REPLY_LIMITS",
     "REQUEST_LIMITS",
+    "BrokeredArgs",
     "DecodeLimits",
     "DelegateArgs",
     "DeleteArgs",
     "FileOpArgs",
+    "FrameData",
+    "HttpArgs",
     "ListArgs",
     "ListdirArgs",
     "Op",
     "OpArgs",
     "OpenArgs",
     "Packed",
+    "QueryArgs",
     "ReadArgs",
     "Reply",
     "Request",
@@ -72,6 +80,7 @@ __all__ = [
     "RevokeArgs",
     "SpawnArgs",
     "SpawnGrant",
+    "SqlValue",
     "StatArgs",
     "ValidateArgs",
     "WaitArgs",
@@ -85,9 +94,11 @@ __all__ = [
     "parse_args",
     "parse_delegate_args",
     "parse_delete_args",
+    "parse_http_args",
     "parse_list_args",
     "parse_listdir_args",
     "parse_open_args",
+    "parse_query_args",
     "parse_read_args",
     "parse_reply",
     "parse_request",
@@ -139,6 +150,13 @@ MAX_SPAWN_CAPABILITIES: Final = 64
 #: configured with a smaller ``max_message_bytes`` refuses a message that
 #: passes it (``message_too_large``); ask for less with ``read``'s ``length``.
 MAX_IO_BYTES: Final = MAX_MESSAGE_BYTES - (64 << 10)
+#: Most headers an ``http`` request names, and most ``query`` parameters.
+MAX_HTTP_HEADERS: Final = 100
+MAX_QUERY_PARAMS: Final = 1024
+#: The longest URL an ``http`` request names (as the URL parser allows).
+MAX_URL_LENGTH: Final = 8192
+#: The longest HTTP method name.
+MAX_METHOD_LENGTH: Final = 32
 #: The largest file offset (``off_t`` is a signed 64-bit number on Linux).
 MAX_FILE_OFFSET: Final = (1 << 63) - 1
 #: ``open``'s modes, as ``builtins.open`` spells them without ``b`` or ``t``.
@@ -186,14 +204,18 @@ class Op(StrEnum):
     STAT = "stat"
     DELETE = "delete"
     OPEN = "open"
+    HTTP = "http"
+    QUERY = "query"
 
 
 RequestId = str | int
+"""A request id: chosen by the client, echoed by the server, never interpreted."""
 #: A frame as the supervisor holds it: bytes, or a view of the receive
 #: buffer for a message it will only look into (a stranger's, which is
 #: never copied: copying a 1 MiB frame costs more than refusing it).
 FrameData = bytes | memoryview
-"""A request id: chosen by the client, echoed by the server, never interpreted."""
+#: A value a ``query`` binds to a placeholder, or returns in a row.
+SqlValue = bool | int | float | str | bytes | None
 
 
 # -- encoding ---------------------------------------------------------------
@@ -1043,6 +1065,36 @@ class OpenArgs:
 FileOpArgs = ReadArgs | WriteArgs | ListdirArgs | StatArgs | DeleteArgs
 """The file ops answered with a reply alone (``open`` hands over a descriptor)."""
 
+
+@dataclass(slots=True)
+class HttpArgs:
+    """``http``: one HTTP request, made by the supervisor under ``capability``.
+
+    ``headers`` keep the order the client sent them in; ``timeout`` (seconds)
+    is capped by the supervisor."""
+
+    capability: str
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    timeout: float | None = None
+
+
+@dataclass(slots=True)
+class QueryArgs:
+    """``query``: one SQL statement on ``resource`` (``db://NAME``), with
+    ``params`` bound to its placeholders."""
+
+    capability: str
+    resource: str
+    statement: str
+    params: tuple[SqlValue, ...] = ()
+
+
+BrokeredArgs = HttpArgs | QueryArgs
+"""The ops the supervisor performs on a worker thread and answers later."""
+
 OpArgs = (
     WhoamiArgs
     | RequestArgs
@@ -1058,6 +1110,8 @@ OpArgs = (
     | WriteArgs
     | ListdirArgs
     | StatArgs
+    | HttpArgs
+    | QueryArgs
     | DeleteArgs
     | OpenArgs
 )
@@ -1278,6 +1332,64 @@ def parse_open_args(args: Mapping[str, Any], *, where: str = "args") -> OpenArgs
     return parsed
 
 
+def _method(value: object, name: str) -> str:
+    """An HTTP method: a token (RFC 9110), upper-cased as the validator folds it."""
+    text = _text(MAX_METHOD_LENGTH)(value, name)
+    if not text.isascii() or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in text):
+        raise BadRequest(f"{name} must be an HTTP method token such as GET")
+    return text.upper()
+
+
+def _headers(value: object, name: str) -> tuple[tuple[str, str], ...]:
+    """A map of header names to values, both str; the broker checks them."""
+    headers = _str_map(value, name)
+    if len(headers) > MAX_HTTP_HEADERS:
+        raise BadRequest(f"{name} has more than {MAX_HTTP_HEADERS} headers")
+    for key, header_value in headers.items():
+        if not isinstance(header_value, str):
+            raise BadRequest(f"{name}.{_quote(key)} must be a str, not {_wire_type(header_value)}")
+    return tuple(headers.items())
+
+
+def _params(value: object, name: str) -> tuple[SqlValue, ...]:
+    items = _array(value, name, MAX_QUERY_PARAMS)
+    for i, item in enumerate(items):
+        if item is not None and not isinstance(item, bool | int | float | str | bytes):
+            raise BadRequest(
+                f"{name}[{i}] must be nil, a bool, an int, a float, a str or a bin, "
+                f"not {_wire_type(item)}"
+            )
+    return tuple(items)
+
+
+def parse_http_args(args: Mapping[str, Any], *, where: str = "args") -> HttpArgs:
+    """Check ``http``'s arguments (their shape; the broker checks their sense)."""
+    f = _Fields(args, where)
+    parsed = HttpArgs(
+        capability=f.required("capability", _id_text),
+        method=f.required("method", _method),
+        url=f.required("url", _text(MAX_URL_LENGTH)),
+        headers=f.optional("headers", _headers) or (),
+        body=f.optional("body", _io_data) or b"",
+        timeout=f.optional("timeout", _positive_seconds),
+    )
+    f.done()
+    return parsed
+
+
+def parse_query_args(args: Mapping[str, Any], *, where: str = "args") -> QueryArgs:
+    """Check ``query``'s arguments."""
+    f = _Fields(args, where)
+    parsed = QueryArgs(
+        capability=f.required("capability", _id_text),
+        resource=f.required("resource", _resource_text),
+        statement=f.required("statement", _text(MAX_IO_BYTES)),
+        params=f.optional("params", _params) or (),
+    )
+    f.done()
+    return parsed
+
+
 _PARSERS: Final[Mapping[Op, Callable[[Mapping[str, Any]], OpArgs]]] = {
     Op.WHOAMI: parse_whoami_args,
     Op.REQUEST: parse_request_args,
@@ -1295,6 +1407,8 @@ _PARSERS: Final[Mapping[Op, Callable[[Mapping[str, Any]], OpArgs]]] = {
     Op.STAT: parse_stat_args,
     Op.DELETE: parse_delete_args,
     Op.OPEN: parse_open_args,
+    Op.HTTP: parse_http_args,
+    Op.QUERY: parse_query_args,
 }
 
 

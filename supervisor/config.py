@@ -8,17 +8,26 @@ wrong. A configuration that half-loads would be a policy nobody wrote.
 from __future__ import annotations
 
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from capsup.supervisor.confinement.sandbox import Sandbox, sandboxes_of
-from capsup.supervisor.environment import check_name_pattern
+from capsup.supervisor.environment import agent_environment, check_name_pattern
 from capsup.supervisor.policy import Ceiling, Policy, PolicyError, parse_ceiling, strict_table
 from capsup.validators import ValidatorRegistry, default_registry
 
-__all__ = ["Config", "ConfigError", "DatabaseConfig", "Settings", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "Settings",
+    "load_config",
+    "parse_config",
+    "sqlite_path",
+]
 
 _SECTIONS = frozenset({"agents", "databases", "supervisor"})
 
@@ -32,9 +41,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
+    """``[databases.NAME]``: where a ``db://NAME`` is, and its SQL dialect.
+    The URL (and any password in it) never leaves the supervisor."""
+
     name: str
     url: str
     dialect: str
+
+    def __repr__(self) -> str:
+        return f"DatabaseConfig(name={self.name!r}, dialect={self.dialect!r})"
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///ABSOLUTE/PATH`` URL; ValueError for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.unquote(parts.path)
+    if parts.scheme.lower() != "sqlite" or parts.netloc or not path.startswith("/"):
+        raise ValueError(f"a SQLite database is sqlite:///ABSOLUTE/PATH, not {url[:100]!r}")
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +180,36 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         ceilings[name] = tuple(
             parse_ceiling(item, validators, f"{where}.allow[{i}]") for i, item in enumerate(allow)
         )
+    settings = _parse_settings(_table(data, "supervisor"))
+    _check_injected_variables(ceilings, settings.pass_environment)
     return Config(
         policy=Policy(ceilings, spawnable),
         databases=databases,
-        settings=_parse_settings(_table(data, "supervisor")),
+        settings=settings,
         sandboxes=sandboxes_of(_table(data, "agents")),
         validators=validators,
         source=source,
     )
+
+
+def _check_injected_variables(
+    ceilings: Mapping[str, tuple[Ceiling, ...]], passed: tuple[str, ...]
+) -> None:
+    """Refuse a variable that a ceiling injects as a credential if agents
+    would also get it in their environment: the agent would hold the very
+    value the broker keeps from it. Asked of ``agent_environment`` itself,
+    so the answer is the rule that builds the environment."""
+    for name, entries in ceilings.items():
+        for i, ceiling in enumerate(entries):
+            for variable in ceiling.inject.variables if ceiling.inject else ():
+                marker = "\0"  # no real value holds a NUL, so it cannot be capsup's own
+                env = agent_environment({variable: marker}, passed, endpoint="", agent_id="")
+                if env.get(variable) == marker:
+                    raise PolicyError(
+                        f"agents.{name}.allow[{i}].inject: the variable {variable} is passed to"
+                        " every agent (by default or by [supervisor] pass_environment);"
+                        " a credential the broker injects must not be"
+                    )
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -184,6 +230,11 @@ def _parse_databases(section: Mapping[str, Any]) -> dict[str, DatabaseConfig]:
         dialect = entry.get("dialect", _DIALECTS.get(url.partition("://")[0].lower()))
         if not isinstance(dialect, str):
             raise PolicyError(f"{where}.dialect: cannot tell the SQL dialect of {url!r}; set it")
+        if dialect == "sqlite":
+            try:
+                sqlite_path(url)
+            except ValueError as error:
+                raise PolicyError(f"{where}.url: {error}") from None
         databases[name] = DatabaseConfig(name, url, dialect)
     return databases
 

@@ -31,6 +31,10 @@ class EventType(StrEnum):
     SECURITY_VIOLATION = "security_violation"
     #: The effect of a brokered file operation, or the broker's refusal of it.
     FILE_OPERATION = "file_operation"
+    #: The outcome of a brokered HTTP request, or the broker's refusal of it.
+    HTTP_REQUEST = "http_request"
+    #: The outcome of a brokered SQL statement, or the broker's refusal of it.
+    DATABASE_QUERY = "database_query"
     AGENT_STARTED = "agent_started"
     AGENT_TERMINATED = "agent_terminated"
     KERNEL_STARTED = "kernel_started"

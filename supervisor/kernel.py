@@ -23,7 +23,11 @@ State kept in memory for the hot path:
 - ``_checks``: each capability's validator check, bound to its resource and
   its constraints as the validator prepared them (its deny list, compiled
   at the first check and kept), so a use never looks the validator up, and
-  only a capability's first use compiles anything.
+  only a capability's first use compiles anything;
+- ``_injections``: the credentials (supervisor/injection.py) of capabilities
+  granted under a ceiling that ``inject``s headers, and of their delegates;
+  never persisted, so a capability loaded at start has none (agents' ones
+  are revoked at start anyway, and a credential must not reach the disk).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from capsup.supervisor.derive import (
     grant_within,
 )
 from capsup.supervisor.events import Event, EventSink, EventType, ViolationKind
+from capsup.supervisor.injection import Injection
 from capsup.supervisor.policy import Ceiling, Policy
 from capsup.supervisor.principal import Principal
 from capsup.supervisor.ratelimit import TokenBucket, spend_all
@@ -102,6 +107,7 @@ class Kernel:
         self._expiry: list[tuple[float, str]] = []
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
         self._checks: dict[str, Callable[[Use], Decision]] = {}
+        self._injections: dict[str, Injection] = {}
         self._principals: dict[str, Principal] = {}
         self._ceiling_buckets: dict[str, dict[int, TokenBucket]] = {}
         self._parent_agent: dict[str, str | None] = {}
@@ -173,6 +179,12 @@ class Kernel:
     def get(self, capability_id: str) -> Capability | None:
         return self._live.get(capability_id)
 
+    def injection(self, capability_id: str) -> Injection | None:
+        """The headers the HTTP broker adds to a use of this live capability:
+        its root's ceiling's ``inject``, or None. For the broker only; never
+        part of anything an agent is sent."""
+        return self._injections.get(capability_id)
+
     def next_expiry(self) -> float | None:
         """When the earliest live capability expires, to schedule the next sweep."""
         while self._expiry and self._expiry[0][1] not in self._live:
@@ -243,7 +255,8 @@ class Kernel:
             self._emit(_cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal))
         self._persist_new(caps, trace_id)
         for cap, ceiling in granted:
-            self._index(cap, now, self._ceiling_bucket(principal.id, ceiling, now))
+            bucket = self._ceiling_bucket(principal.id, ceiling, now)
+            self._index(cap, now, bucket, ceiling.inject)
         return caps
 
     def delegate(
@@ -616,9 +629,16 @@ class Kernel:
             buckets[id(ceiling)] = bucket
         return bucket
 
-    def _index(self, cap: Capability, now: float, root_bucket: TokenBucket | None = None) -> None:
+    def _index(
+        self,
+        cap: Capability,
+        now: float,
+        root_bucket: TokenBucket | None = None,
+        root_injection: Injection | None = None,
+    ) -> None:
         """Add a capability (persisted, or loaded) to the in-memory state;
-        ``root_bucket`` is its ceiling's shared bucket, for a new root grant."""
+        ``root_bucket`` and ``root_injection`` are its ceiling's shared bucket
+        and credentials, for a new root grant. A delegate takes its parent's."""
         self._live[cap.id] = cap
         self._by_holder.setdefault(cap.holder, set()).add(cap.id)
         if cap.parent_id is not None:
@@ -635,6 +655,9 @@ class Kernel:
             self._buckets[cap.id] = (*inherited, own)
         elif inherited:
             self._buckets[cap.id] = inherited
+        injection = self._injections.get(cap.parent_id) if cap.parent_id else root_injection
+        if injection is not None:
+            self._injections[cap.id] = injection
 
     def _end(
         self,
@@ -681,6 +704,7 @@ class Kernel:
                     del self._children[cap.parent_id]
             self._buckets.pop(cap_id, None)
             self._checks.pop(cap_id, None)
+            self._injections.pop(cap_id, None)
         for _ in range(len(self._tombstones) - self._max_tombstones):
             self._tombstones.popitem(last=False)
         if self._sink is not None:

@@ -13,6 +13,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+from capsup.supervisor.injection import Injection, InjectionError, parse_injection
 from capsup.validators import (
     ConstraintError,
     OperationError,
@@ -26,8 +27,10 @@ __all__ = ["DEFAULT_TTL", "Ceiling", "Policy", "PolicyError", "parse_ceiling", "
 DEFAULT_TTL = 3600.0
 
 _CEILING_KEYS = frozenset(
-    {"resource", "operations", "constraints", "max_ttl", "max_delegation_depth"}
+    {"resource", "operations", "constraints", "max_ttl", "max_delegation_depth", "inject"}
 )
+#: The schemes whose brokered requests can carry injected headers.
+_INJECTABLE_SCHEMES = frozenset({"http", "https"})
 
 
 class PolicyError(ValueError):
@@ -43,6 +46,10 @@ class Ceiling:
     constraints: Mapping[str, Any] = field(default_factory=dict)
     max_ttl: float | None = None
     max_delegation_depth: int = 0
+    #: Headers the broker adds to every request under a capability granted
+    #: here (supervisor/injection.py). Kept out of ``constraints`` on purpose:
+    #: constraints travel to the agent, the state file and the audit trail.
+    inject: Injection | None = None
 
     @property
     def default_ttl(self) -> float:
@@ -121,4 +128,22 @@ def parse_ceiling(raw: object, validators: ValidatorRegistry, where: str) -> Cei
         constraints=normalized,
         max_ttl=None if max_ttl is None else float(max_ttl),
         max_delegation_depth=depth,
+        inject=_injection(raw, canonical, where),
     )
+
+
+def _injection(raw: Mapping[str, Any], resource: str, where: str) -> Injection | None:
+    """The entry's ``inject`` table, resolved now (a missing variable or file
+    fails the load), or None. Only a brokered HTTP request can carry it."""
+    if "inject" not in raw:
+        return None
+    scheme = resource.partition(":")[0]
+    if scheme not in _INJECTABLE_SCHEMES:
+        raise PolicyError(
+            f"{where}.inject: only an http or https resource can carry injected headers,"
+            f" not {scheme}"
+        )
+    try:
+        return parse_injection(raw["inject"], f"{where}.inject")
+    except InjectionError as error:
+        raise PolicyError(str(error)) from None

@@ -87,6 +87,15 @@ def _protected_paths(config: Config, options: RuntimeOptions, trail: Path) -> tu
     return tuple(str(Path(p).resolve()) for p in paths)
 
 
+def _secret_files(config: Config) -> list[str]:
+    """Files no agent may reach by any grant: the audit key, and the files
+    credentials are injected from."""
+    files = [config.settings.audit_key_file] if config.settings.audit_key_file else []
+    for ceilings in config.policy.ceilings.values():
+        files += [f for c in ceilings if c.inject is not None for f in c.inject.files]
+    return files
+
+
 def _raise_descriptor_limit() -> None:
     """Every agent costs the supervisor descriptors (a pidfd, a descriptor
     socket, a ROUTER and its connections), and libzmq aborts the process
@@ -151,7 +160,7 @@ class Runtime:
                     runtime_dir,
                     config.sandboxes,
                     protected=_protected_paths(config, options, self.audit.path),
-                    secrets=[key_file] if key_file else [],
+                    secrets=_secret_files(config),
                 )
             except BaseException:
                 self.audit.close()
@@ -182,6 +191,7 @@ class Runtime:
             max_agents=config.settings.max_agents,
             max_connections=config.settings.max_connections,
             max_connections_per_peer=config.settings.max_connections_per_peer,
+            databases=config.databases,
         )
         self.metrics.live_capabilities_from(lambda: self.kernel.live_count)
         self.metrics.running_agents_from(lambda: self.server.processes.running_count)

@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -37,6 +37,7 @@ from capsup.agents import protocol as p
 from capsup.agents.bootstrap import enter_batch_scheduling
 from capsup.agents.errors import (
     BadRequest,
+    Busy,
     CapsupError,
     InternalError,
     NotAuthorized,
@@ -47,6 +48,8 @@ from capsup.agents.errors import (
 )
 from capsup.supervisor.brokers.descriptors import serve_descriptor_request
 from capsup.supervisor.brokers.files import open_for_agent, perform_file_op
+from capsup.supervisor.brokers.service import BrokeredOps
+from capsup.supervisor.config import DatabaseConfig
 from capsup.supervisor.confinement.reaper import kill_orphans, reap_orphans
 from capsup.supervisor.confinement.setup import Confiner
 from capsup.supervisor.derive import Delegation
@@ -72,6 +75,7 @@ _MESSAGE_SLACK = 64 << 10
 _MAX_WAITERS = 16
 _PROCESS_OPS = (p.SpawnArgs, p.WaitArgs)
 _FILE_OPS = (p.ReadArgs, p.WriteArgs, p.ListdirArgs, p.StatArgs, p.DeleteArgs)
+_BROKERED_OPS = (p.HttpArgs, p.QueryArgs)
 _SEND_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _SEND_LAST = int(zmq.NOBLOCK)
 _RECV = int(zmq.NOBLOCK)
@@ -138,6 +142,7 @@ class Server:
         max_agents: int = 1024,
         max_connections: int = 2048,
         max_connections_per_peer: int = 32,
+        databases: Mapping[str, DatabaseConfig] | None = None,
     ) -> None:
         if not endpoint.startswith("ipc://"):
             # Identity comes from SO_PEERCRED, which only a Unix socket has;
@@ -196,6 +201,7 @@ class Server:
         self._signals_r, self._signals_w = socket.socketpair()
         self._signals_r.setblocking(False)
         self._signals_w.setblocking(False)
+        self._brokered = BrokeredOps(kernel, databases or {}, wake=self._wake_loop, emit=self._emit)
         self._poller.register(self._signals_r.fileno(), zmq.POLLIN)
         self.pending_signals: list[int] = []
         self._reaping_orphans = False
@@ -451,6 +457,7 @@ class Server:
                 self._on_exit(exited)
         if self._signals_r.fileno() in ready:
             self._drain_signal_pipe()
+            self._brokered.collect()
             self._after_signals()
         for item in ready:
             controlled = self.processes.by_control(item) if isinstance(item, int) else None
@@ -780,6 +787,9 @@ class Server:
                     "open hands over a descriptor, so it is served on the descriptor socket "
                     "($CAPSUP_FD_SOCKET), not here"
                 )
+            elif isinstance(args, _BROKERED_OPS):
+                self._start_brokered(envelope, peer, request, args, trace_id)
+                return  # answered once a worker has done it
             elif isinstance(args, _FILE_OPS):
                 result = perform_file_op(
                     self.kernel,
@@ -796,6 +806,43 @@ class Server:
             self._send(envelope, p.error_reply(request.id, error, trace_id))
         except Exception as error:  # a bug must not take the supervisor down
             self._internal_error(envelope, request.id, trace_id, error, peer, request.op)
+
+    def _start_brokered(
+        self,
+        envelope: list[bytes],
+        peer: _Peer,
+        request: p.Request,
+        args: p.BrokeredArgs,
+        trace_id: str,
+    ) -> None:
+        """Validate an ``http`` or ``query`` now and perform it on a worker;
+        the reply goes, once it is done, where the request came from, if the
+        agent that asked still runs (its own endpoint is closed otherwise)."""
+        sock = self._serving
+        assert sock is not None
+
+        def answer(result: Callable[[], dict[str, Any]]) -> None:
+            try:
+                reply = p.ok_reply(request.id, result(), trace_id)
+            except CapsupError as error:
+                reply = p.error_reply(request.id, error, trace_id)
+            except Exception as error:  # a bug must not take the supervisor down
+                internal = self._internal(error, trace_id, peer, request.op)
+                reply = p.error_reply(request.id, internal, trace_id)
+            if peer.agent.running:
+                self._send(envelope, reply, sock)
+
+        try:
+            self._brokered.start(
+                peer.principal, args, now=time.time(), trace_id=trace_id, answer=answer
+            )
+        except Busy as busy:
+            self._refuse(busy, peer, request.op, trace_id)
+
+    def _wake_loop(self) -> None:
+        """Called on a worker thread: make the loop's poll return."""
+        with contextlib.suppress(OSError):  # full: a wakeup is pending already
+            self._signals_w.send(b"\0")
 
     def _kernel_op(
         self, principal: Principal, args: p.OpArgs, trace_id: str
@@ -1116,6 +1163,7 @@ class Server:
                 )
 
     def close(self) -> None:
+        self._brokered.close()
         for router in list(self._routers):
             self._close_router(router)
         self._routers.clear()

@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar
 from capsup.agents import protocol as p
 from capsup.agents.capability import Capability
 from capsup.agents.errors import ConstraintViolation
+from capsup.supervisor.brokers.effects import clip, effect_event
 from capsup.supervisor.brokers.openat2 import (
     RESOLVE_BENEATH,
     RESOLVE_NO_MAGICLINKS,
@@ -233,7 +234,7 @@ class _Use:
     def done(self, **detail: Any) -> None:
         """Record the effect (after it: a trail that cannot take the record
         makes the request fail, the effect of a write or delete stays)."""
-        self.emit(self._event("allow", None, {"result": "ok", **detail}))
+        self.emit(self._event(None, {"result": "ok", **detail}))
 
     def held(self) -> Capability:
         """The capability the kernel validated for this use."""
@@ -249,26 +250,22 @@ class _Use:
             capability_id=cap.id if cap else None,
             trace_id=self.trace_id,
         )
-        self.emit(self._event("deny", reason, {"result": "refused", "message": error.message}))
+        self.emit(self._event(reason, {"result": "refused", "message": error.message}))
         raise error
 
-    def _event(self, decision: str, reason: str | None, detail: dict[str, Any]) -> Event:
-        cap = self.cap
-        return Event(
+    def _event(self, reason: str | None, detail: dict[str, Any]) -> Event:
+        return effect_event(
             EventType.FILE_OPERATION,
-            self.now,
-            self.trace_id,
-            self.principal.id,
-            self.principal.pid,
-            cap.id if cap else _clip(self.capability_id),
-            cap.parent_id if cap else None,
-            cap.resource if cap else None,
-            self.op,
-            decision,
-            reason,
-            {
-                "target": _clip(self.target),
-                "path": None if self.path is None else _clip(self.path),
+            now=self.now,
+            trace_id=self.trace_id,
+            principal=self.principal,
+            cap=self.cap,
+            capability_id=self.capability_id,
+            op=self.op,
+            reason=reason,
+            detail={
+                "target": clip(self.target),
+                "path": None if self.path is None else clip(self.path),
                 "bytes": self.nbytes,
                 **detail,
             },
@@ -325,13 +322,13 @@ def _locate(cap: Capability, target: str) -> _Place:
         raise _Refused(error.reason, str(error)) from None
     names = [name for name in path.split("/") if name not in ("", ".")]
     if names[: len(root_names)] != root_names:
-        raise _Refused("outside_resource", f"{_clip(target)} is not named beneath {root}")
+        raise _Refused("outside_resource", f"{clip(target)} is not named beneath {root}")
     rest = names[len(root_names) :]
     depth = 0
     for name in rest:
         depth += -1 if name == ".." else 1
         if depth < 0:
-            raise _Refused("outside_resource", f"{_clip(target)} climbs above {root}")
+            raise _Refused("outside_resource", f"{clip(target)} climbs above {root}")
     try:
         dirfd = _open_exact(root, os.O_PATH)
     except FileNotFoundError:
@@ -754,8 +751,3 @@ def _describe(error: OSError) -> str:
     """What the operating system said, with the errno's name."""
     name = errno.errorcode.get(error.errno or 0, "E?")
     return f"{name}: {error.strerror or error}"
-
-
-def _clip(text: str, limit: int = 512) -> str:
-    """Bound what a client's choice of name makes the audit trail hold."""
-    return text if len(text) <= limit else text[:limit] + "..."

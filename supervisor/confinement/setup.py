@@ -117,8 +117,9 @@ class Confiner:
         #: Paths no agent's code grant may cover: the runtime directory, the
         #: policy, the state, the trail.
         self._protected = (str(runtime_dir), *protected)
-        #: Files no agent may reach by any grant (the audit key): an agent
-        #: whose plan reaches one is not started.
+        #: Files no agent may reach by any grant (the audit key, the files
+        #: credentials are injected from): an agent whose plan reaches one
+        #: is not started.
         self._secrets = tuple(os.path.realpath(path) for path in secrets)
         self._scratch_root = runtime_dir / "scratch"
         self._scratch_root.mkdir(mode=0o700, exist_ok=True)
@@ -185,7 +186,8 @@ class Confiner:
                     raise ConfinementUnavailable(
                         f"the sandbox of {policy_name or 'this agent'!r} reaches {secret} "
                         f"(through {path}), which no agent may read: keep the audit key "
-                        "where no agent's grants reach"
+                        "and the files credentials are injected from where no agent's "
+                        "grants reach"
                     )
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ tied together by trace ids, verified against the head the state store kept."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from capsup.supervisor.audit import HEAD_META_KEY, parse_head, verify
 from capsup.supervisor.audit_record import EVENT_FIELDS
 from capsup.supervisor.events import EventType
 from capsup.supervisor.store import Store
+from local_http import LocalServer
 
 CAPSUP = str(Path(sys.executable).with_name("capsup"))
 
@@ -27,9 +29,14 @@ from capsup.agents import AccessDenied, connect
 from capsup.agents.client import ENDPOINT_ENV
 import os
 
-ws, child_script, marker = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+ws, child_script, marker, site = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 c = connect()
 c.whoami()
+# An API and a database, reached through the supervisor: http_request, database_query.
+web = c.request(site, ["GET"], trace_id="T-HTTP")
+assert c.http(web, "GET", site + "echo", trace_id="T-HTTP").status == 200
+db = c.request("db://main", ["select"], trace_id="T-QUERY")
+assert c.query(db, "SELECT n FROM t", trace_id="T-QUERY").rows == ((1,),)
 cap = c.request(f"file://{ws}", ["read", "list"], ttl=60, trace_id="T-GRANT")
 c.validate(cap, "read", f"{ws}/a.txt", trace_id="T-GRANT")
 # Confined, the agent reads the file through the broker: a file_operation.
@@ -118,22 +125,34 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[dict
     # grants it a directory of its own to write: not the trail's.
     signals = tmp / "signals"
     signals.mkdir()
+    database = tmp / "main.db"
+    with sqlite3.connect(database) as db:
+        db.execute("CREATE TABLE t (n INTEGER)")
+        db.execute("INSERT INTO t VALUES (1)")
+    server = LocalServer()
+    site = f"http://127.0.0.1:{server.port}/"
     config = tmp / "capsup.toml"
     config.write_text(
         '[agents.parent]\nmay_spawn = ["child"]\n'
         f'allow = [{{ resource = "file://{ws}", operations = ["read", "list"], '
-        "max_ttl = 120, max_delegation_depth = 2 }]\n"
+        "max_ttl = 120, max_delegation_depth = 2 },\n"
+        f'  {{ resource = "{site}", operations = ["GET"] }},\n'
+        '  { resource = "db://main", operations = ["select"] }]\n'
         f'[agents.child]\nallow = []\nsandbox = {{ write = ["{signals}"] }}\n'
+        f'[databases.main]\nurl = "sqlite://{database}"\n'
     )
     trail, state = tmp / "audit.jsonl", tmp / "state.db"
     command = [CAPSUP, "run", "--config", config, "--state", state, "--audit-log", trail]
-    agent = [code / "parent.py", ws, code / "child.py", signals / "ready"]
-    done = subprocess.run(
-        [*command, *agent],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    agent = [code / "parent.py", ws, code / "child.py", signals / "ready", site]
+    try:
+        done = subprocess.run(
+            [*command, *agent],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.close()
     assert done.returncode == 0, (done.stdout, done.stderr)
     records = [json.loads(line) for line in trail.read_text().splitlines()]
     return trail, state, records

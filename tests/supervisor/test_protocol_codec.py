@@ -76,7 +76,9 @@ from capsup.agents.protocol import (
     ok_reply,
     parse_args,
     parse_delegate_args,
+    parse_http_args,
     parse_list_args,
+    parse_query_args,
     parse_reply,
     parse_request,
     parse_request_args,
@@ -278,7 +280,50 @@ def test_op_names_are_exactly_the_documented_ones() -> None:
         "stat",
         "delete",
         "open",
+        "http",
+        "query",
     }
+
+
+def test_http_args_are_parsed_strictly() -> None:
+    parsed = parse_http_args(
+        {"capability": "c", "method": "get", "url": "https://a.example/x", "headers": {"A": "1"}}
+    )
+    assert (parsed.method, parsed.headers, parsed.body, parsed.timeout) == (
+        "GET",
+        (("A", "1"),),
+        b"",
+        None,
+    )
+    base = {"capability": "c", "method": "GET", "url": "https://a.example/"}
+    for bad, message in [
+        ({"method": "GE T"}, "HTTP method token"),
+        ({"method": ""}, "must not be empty"),
+        ({"headers": {"A": 1}}, "must be a str"),
+        ({"headers": {f"h{i}": "v" for i in range(101)}}, "more than 100 headers"),
+        ({"body": "text"}, "must be a bin"),
+        ({"timeout": 0}, "greater than 0"),
+        ({"url": "x" * 8193}, "longer than 8192"),
+        ({"follow": True}, "unknown field"),
+    ]:
+        with pytest.raises(BadRequest, match=message):
+            parse_http_args({**base, **bad})
+
+
+def test_query_args_are_parsed_strictly() -> None:
+    base = {"capability": "c", "resource": "db://main", "statement": "SELECT 1"}
+    parsed = parse_query_args({**base, "params": [None, True, 1, 1.5, "s", b"b"]})
+    assert parsed.params == (None, True, 1, 1.5, "s", b"b")
+    for bad, message in [
+        ({"params": [[1]]}, "must be nil, a bool"),
+        ({"params": [{}]}, "must be nil, a bool"),
+        ({"params": "x"}, "must be an array"),
+        ({"params": [0] * 1025}, "more than 1024"),
+        ({"statement": ""}, "must not be empty"),
+        ({"database": "x"}, "unknown field"),
+    ]:
+        with pytest.raises(BadRequest, match=message):
+            parse_query_args({**base, **bad})
 
 
 @pytest.mark.parametrize(
@@ -739,6 +784,8 @@ def test_parse_args_dispatches_on_op() -> None:
         Op.STAT: {"capability": "cap_1", "resource": "/a"},
         Op.DELETE: {"capability": "cap_1", "resource": "/a"},
         Op.OPEN: {"capability": "cap_1", "resource": "/a", "mode": "r"},
+        Op.HTTP: {"capability": "cap_1", "method": "GET", "url": "https://a.example/"},
+        Op.QUERY: {"capability": "cap_1", "resource": "db://m", "statement": "SELECT 1"},
     }
     kinds = set()
     for op, args in examples.items():

@@ -1,0 +1,101 @@
+"""What every broker shares: the record of an effect, and the error an agent
+gets for each reason a broker refuses or fails with.
+
+A brokered op makes two records under one trace id: the kernel's record of
+the use (``capability_validated``, or its denial), then the broker's record
+of what happened (``file_operation``, ``http_request``, ``database_query``):
+the effect, or why there was none. The second is built here, the same way
+for every broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from capsup.agents.capability import Capability
+from capsup.agents.errors import BadRequest, CapsupError, ConstraintViolation, UpstreamError
+from capsup.supervisor.audit_record import MAX_TEXT
+from capsup.supervisor.events import Event, EventType
+from capsup.supervisor.principal import Principal
+
+__all__ = ["ERROR_FOR_REASON", "clip", "effect_event", "refusal_error"]
+
+#: The error class each broker reason reaches the agent as: what the agent
+#: sent is wrong (``bad_request``), what the capability allows was reached
+#: (``constraint_violation``), or the far end failed (``upstream_error``).
+#: A reason missing here is a bug, and fails as ``internal_error``.
+ERROR_FOR_REASON: Final[Mapping[str, type[CapsupError]]] = {
+    # http
+    "bad_request": BadRequest,
+    "bad_header": BadRequest,
+    "forbidden_header": BadRequest,
+    "headers_too_large": BadRequest,
+    "private_address": ConstraintViolation,
+    "metadata_address": ConstraintViolation,
+    "request_too_large": ConstraintViolation,
+    "response_too_large": ConstraintViolation,
+    "dns_failed": UpstreamError,
+    "connect_failed": UpstreamError,
+    "tls_error": UpstreamError,
+    "timeout": UpstreamError,
+    "connection_lost": UpstreamError,
+    "protocol_error": UpstreamError,
+    # query
+    "bad_params": BadRequest,
+    "authorizer_denied": ConstraintViolation,
+    "too_many_rows": ConstraintViolation,
+    "too_many_bytes": ConstraintViolation,
+    "read_only": ConstraintViolation,
+    "multiple_statements": ConstraintViolation,
+    "unavailable": UpstreamError,
+    "database_error": UpstreamError,
+}
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """Bound what a client's choice makes a record or a message hold."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def refusal_error(
+    op: str, reason: str, message: str, cap: Capability | None, trace_id: str
+) -> CapsupError:
+    """The error for a broker's refusal or failure (``reason``), as the agent gets it."""
+    error_class = ERROR_FOR_REASON[reason]
+    return error_class(
+        f"{op}: {message}",
+        reason=reason,
+        capability_id=cap.id if cap else None,
+        trace_id=trace_id,
+    )
+
+
+def effect_event(
+    event: EventType,
+    *,
+    now: float,
+    trace_id: str,
+    principal: Principal,
+    cap: Capability | None,
+    capability_id: str,
+    op: str,
+    reason: str | None,
+    detail: dict[str, Any],
+) -> Event:
+    """The broker's record of one op: ``decision`` allow when ``reason`` is
+    None (done), deny otherwise (refused or failed; no effect, or none known)."""
+    return Event(
+        event,
+        now,
+        trace_id,
+        principal.id,
+        principal.pid,
+        cap.id if cap else clip(capability_id),
+        cap.parent_id if cap else None,
+        cap.resource if cap else None,
+        op,
+        "allow" if reason is None else "deny",
+        reason,
+        detail,
+    )

@@ -1,0 +1,109 @@
+"""The ops the supervisor performs off its loop: ``http`` and ``query``.
+
+The server hands each such request here once it has been authenticated and
+parsed. It is validated at once, on the loop (a refusal is answered at
+once, as for any op), then performed on a worker (supervisor/brokers/
+workers.py), and its reply made on the loop again when the worker is done:
+the server's ``answer`` callback gets a function that returns the result or
+raises the error, and sends it if the asker is still there to get it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from capsup.agents import protocol as p
+from capsup.supervisor.brokers.http import HttpBroker
+from capsup.supervisor.brokers.http_op import PreparedHttp, prepare_http
+from capsup.supervisor.brokers.postgres_runner import close_pools
+from capsup.supervisor.brokers.query_op import PreparedQuery, prepare_query
+from capsup.supervisor.brokers.workers import BrokerWorkers
+from capsup.supervisor.config import DatabaseConfig
+from capsup.supervisor.events import Event
+from capsup.supervisor.kernel import Kernel
+from capsup.supervisor.principal import Principal
+
+__all__ = ["Answer", "BrokeredOps"]
+
+#: What the server is given when a brokered op is done: call it for the
+#: result (or its error, raised).
+Answer = Callable[[Callable[[], dict[str, Any]]], None]
+
+
+class BrokeredOps:
+    """Validates ``http`` and ``query`` on the loop and performs them on workers."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        databases: Mapping[str, DatabaseConfig],
+        *,
+        wake: Callable[[], None],
+        emit: Callable[[Event], None],
+    ) -> None:
+        self._kernel = kernel
+        self._databases = dict(databases)
+        self._emit = emit
+        self._workers = BrokerWorkers(wake)
+        #: Made at the first ``http``: loading the system's TLS roots costs
+        #: milliseconds that a supervisor without HTTP agents need not spend.
+        self._http: HttpBroker | None = None
+
+    def start(
+        self,
+        principal: Principal,
+        args: p.BrokeredArgs,
+        *,
+        now: float,
+        trace_id: str,
+        answer: Answer,
+    ) -> None:
+        """Validate ``args`` (raising, recorded, if refused) and start it; its
+        outcome goes to ``answer`` on the loop, in :meth:`collect`. Raises
+        :class:`~capsup.agents.errors.Busy` (not recorded: the caller does)
+        when too many are in flight."""
+        prepared: PreparedHttp | PreparedQuery
+        if isinstance(args, p.HttpArgs):
+            if self._http is None:
+                self._http = HttpBroker()
+            prepared = prepare_http(
+                self._kernel,
+                self._http,
+                principal,
+                args,
+                now=now,
+                trace_id=trace_id,
+                emit=self._emit,
+            )
+        else:
+            prepared = prepare_query(
+                self._kernel,
+                self._databases,
+                principal,
+                args,
+                now=now,
+                trace_id=trace_id,
+                emit=self._emit,
+            )
+        finish: Callable[[Any], dict[str, Any]] = prepared.finish
+        self._workers.submit(
+            principal.id, prepared.perform, lambda outcome: answer(lambda: finish(outcome))
+        )
+
+    def in_flight(self, agent_id: str | None = None) -> int:
+        """Brokered ops running or queued, of one agent or of all."""
+        return self._workers.in_flight(agent_id)
+
+    def collect(self) -> None:
+        """Answer every op whose worker is done (on the loop)."""
+        self._workers.collect()
+
+    def close(self) -> None:
+        """Stop the workers and close the connections kept for reuse."""
+        self._workers.close()
+        if self._http is not None:
+            self._http.close()
+        with contextlib.suppress(Exception):  # nothing is left to tell at shutdown
+            close_pools()
