@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf /tmp/capsup-demo && cp -r examples/workspace /tmp/capsup-demo
+	$(BIN)/python -c 'import sqlite3, sys; sqlite3.connect(sys.argv[1]).executescript(open(sys.argv[2]).read())' \
+		/tmp/capsup-demo/papers.db examples/papers.sql
 	$(BIN)/capsup run --config configs/demo.toml examples/researcher.py
 
 lint: $(STAMP)

@@ -55,6 +55,14 @@ def main() -> int:
     except AccessDenied as error:
         print(f"[researcher] request file:///etc: denied ({error.code})")
 
+    papers = client.request("db://papers", ["select"], ttl=120)
+    found = client.query(papers, "SELECT title FROM papers WHERE year >= ? ORDER BY year", [2006])
+    print(f"[researcher] query db://papers through the broker: {[row['title'] for row in found]}")
+    try:
+        client.query(papers, "SELECT email FROM reviewers")
+    except AccessDenied as error:
+        print(f"[researcher] query another table: denied ({error.code}, {error.reason})")
+
     helper = client.spawn(
         [sys.executable, str(HERE / "summarizer.py")],
         name="summarizer",

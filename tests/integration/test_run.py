@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import signal
 import socket
 import subprocess
@@ -35,6 +36,8 @@ def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
     """`make demo`: the workspace copied, the researcher run confined."""
     shutil.rmtree("/tmp/capsup-demo", ignore_errors=True)
     shutil.copytree(REPO / "examples" / "workspace", "/tmp/capsup-demo")
+    with sqlite3.connect("/tmp/capsup-demo/papers.db") as db:
+        db.executescript((REPO / "examples" / "papers.sql").read_text())
     audit = tmp_path / "audit.jsonl"
     proc = subprocess.run(
         [
@@ -58,6 +61,8 @@ def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
     assert "read a denied glob: denied (constraint_violation, denied_by_glob)" in out
     assert "read a path traversal: denied (constraint_violation, outside_resource)" in out
     assert "request file:///etc: denied (denied_by_policy)" in out
+    assert "query db://papers through the broker: ['Robust Composition', 'Capsicum" in out
+    assert "query another table: denied (constraint_violation, table_not_allowed)" in out
     assert "[summarizer] opened readme.txt through the broker: 'capsup keeps" in out
     assert "[summarizer] wrote summary.txt (14 bytes)" in out
     assert "widening my copy: denied (delegation_widening)" in out
@@ -72,6 +77,7 @@ def test_the_example_lives_its_whole_life(tmp_path: Path) -> None:
         "capability_delegated",
         "capability_revoked",
         "file_operation",
+        "database_query",
         "security_violation",
         "agent_terminated",
     } <= events
