@@ -31,10 +31,8 @@ import ctypes
 import errno
 import functools
 import os
-import platform
 import re
 import stat
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +40,12 @@ from pathlib import Path
 
 from capsup.validators._common import has_control_char
 from capsup.validators.base import Refusal
+from capsup.validators.openat2 import (
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    OpenHow,
+    path_opener,
+)
 
 __all__ = [
     "MAX_GLOB_LENGTH",
@@ -116,7 +120,7 @@ def _resolve_existing(path: str) -> Resolved | None:
     """The kernel's own resolution of an existing ``path``, or None when it
     cannot say (the walk then decides, and explains a failure). Raises
     :class:`ResolveError` for a path through a magic link."""
-    open_path = _openat2()
+    open_path = path_opener()
     if open_path is None or "\0" in path:
         return None
     # Most paths hold no symlink at all. Then the kernel's ``..`` is the
@@ -187,62 +191,11 @@ def _own_fd_dir() -> int | None:
 os.register_at_fork(after_in_child=_own_fd_dir.cache_clear)
 
 
-class _OpenHow(ctypes.Structure):
-    """``struct open_how`` of openat2(2)."""
-
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
-
-
-#: openat2's number (Linux 5.6+), the same on these machines; elsewhere it
-#: may be another call, so it is not tried and every path is walked.
-_SYS_OPENAT2 = 437
-_OPENAT2_MACHINES = frozenset(
-    {"x86_64", "i686", "aarch64", "arm64", "armv7l", "riscv64", "ppc64le", "s390x", "loongarch64"}
-)
-_AT_FDCWD = -100
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04  # magic links included
 # Module-level, so their memory outlives every call that points at it.
-_HOW_NO_SYMLINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_SYMLINKS)
-_HOW_NO_MAGIC_LINKS = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+_HOW_NO_SYMLINKS = OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_NO_SYMLINKS)
+_HOW_NO_MAGIC_LINKS = OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_NO_MAGICLINKS)
 _NO_SYMLINKS = ctypes.c_void_p(ctypes.addressof(_HOW_NO_SYMLINKS))
 _NO_MAGIC_LINKS = ctypes.c_void_p(ctypes.addressof(_HOW_NO_MAGIC_LINKS))
-
-
-@functools.cache
-def _openat2() -> Callable[[str, ctypes.c_void_p], int] | None:
-    """``open_path(path, how)``: open ``path`` with ``O_PATH`` under the rules
-    of one of the ``open_how`` above, returning the descriptor or minus the
-    errno. None where openat2 is missing (an old kernel, another OS, a
-    seccomp filter that refuses it)."""
-    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
-        return None
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    syscall.restype = ctypes.c_long
-    # No argtypes: ready-made C values convert faster than argtypes would
-    # convert Python ones, on a call made once per validation.
-    number, at, size = (
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(_AT_FDCWD),
-        ctypes.c_size_t(ctypes.sizeof(_OpenHow)),
-    )
-
-    def open_path(path: str, how: ctypes.c_void_p) -> int:
-        fd = int(syscall(number, at, os.fsencode(path), how, size))
-        return fd if fd >= 0 else -ctypes.get_errno()
-
-    probe = open_path("/", _NO_MAGIC_LINKS)
-    if probe < 0:
-        return None
-    os.close(probe)
-    return open_path
 
 
 @functools.cache

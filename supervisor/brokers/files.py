@@ -40,17 +40,17 @@ from capsup.agents import protocol as p
 from capsup.agents.capability import Capability
 from capsup.agents.errors import ConstraintViolation
 from capsup.supervisor.brokers.effects import clip, effect_event
-from capsup.supervisor.brokers.openat2 import (
-    RESOLVE_BENEATH,
-    RESOLVE_NO_MAGICLINKS,
-    RESOLVE_NO_SYMLINKS,
-    openat2,
-)
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.principal import Principal
 from capsup.validators import FilesystemValidator, Use
 from capsup.validators.filesystem import TargetError, parse_target
+from capsup.validators.openat2 import (
+    RESOLVE_BENEATH,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    openat2,
+)
 
 __all__ = ["MAX_LISTING_BYTES", "REASONS", "open_for_agent", "perform_file_op"]
 

@@ -20,8 +20,8 @@ from broker_world import World
 from capsup.agents import protocol as p
 from capsup.agents.errors import ConstraintViolation, OperationNotAllowed
 from capsup.supervisor.brokers import files
-from capsup.supervisor.brokers.openat2 import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 from capsup.supervisor.events import EventType
+from capsup.validators.openat2 import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 
 OPEN_FLAGS = {
     "r": os.O_RDONLY,

@@ -254,7 +254,7 @@ def test_without_openat2_every_path_is_walked(
 ) -> None:
     """An old kernel or a seccomp filter that refuses openat2: the walk
     answers, the same answer, refusing magic links as before."""
-    monkeypatch.setattr(paths, "_openat2", lambda: None)
+    monkeypatch.setattr(paths, "path_opener", lambda: None)
     root = Path(os.path.realpath(tmp_path))
     (root / "real").mkdir()
     (root / "real" / "f").write_text("x")
