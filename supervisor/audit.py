@@ -30,7 +30,7 @@ import random
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -209,6 +209,30 @@ class AuditLog:
                 self._write(fd, [line], head)
             except AuditUnavailable:
                 if self._head != head:  # not on file: this record is not in the chain
+                    self._tail = before
+                raise
+
+    def record_all(self, events: Sequence[Event]) -> None:
+        """Record ``events`` in order, in one write with one head report
+        (see :func:`~capsup.supervisor.events.record_all`): all are on file
+        when this returns, or none is and :class:`AuditUnavailable` is
+        raised. Each is sealed at once, never sampled or held back."""
+        if not events:
+            return
+        with self._lock:
+            fd = self._require_open()
+            self._seal_waiting()
+            before = head = self._tail
+            lines = []
+            for event in events:
+                line, digest = seal_line(event, head.seq + 1, head.hash, key=self._key)
+                lines.append(line)
+                head = AuditHead(head.seq + 1, digest)
+            self._tail = head
+            try:
+                self._write(fd, lines, head)
+            except AuditUnavailable:
+                if self._head != head:  # not on file: these records are not in the chain
                     self._tail = before
                 raise
 

@@ -8,12 +8,12 @@ cannot record an event raises, and the caller fails closed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-__all__ = ["NO_DETAIL", "Event", "EventSink", "EventType", "ViolationKind"]
+__all__ = ["NO_DETAIL", "Event", "EventSink", "EventType", "ViolationKind", "record_all"]
 
 
 class EventType(StrEnum):
@@ -93,3 +93,17 @@ class Event(NamedTuple):
 
 
 EventSink = Callable[[Event], None]
+
+
+def record_all(sink: EventSink, events: Sequence[Event]) -> None:
+    """Hand ``events`` to ``sink``, in order: all in one go where the sink
+    takes a batch (a ``record_all`` method of its own: the audit trail
+    writes them in one write and keeps one head, instead of one of each per
+    record; a cascade of 100,000 revocations is one batch), else one by one.
+    Either way each event is recorded or the call raises."""
+    batch = getattr(sink, "record_all", None)
+    if batch is not None:
+        batch(events)
+        return
+    for event in events:
+        sink(event)

@@ -13,6 +13,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ from capsup.supervisor.config import Config
 from capsup.supervisor.confinement.dumpable import make_undumpable
 from capsup.supervisor.confinement.leftovers import sweep_leftovers
 from capsup.supervisor.confinement.setup import Confiner
-from capsup.supervisor.events import Event, EventSink
+from capsup.supervisor.events import Event, EventSink, record_all
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.metrics import Metrics, MetricsServer, parse_listen, serve_metrics
 from capsup.supervisor.principal import OPERATOR
@@ -38,7 +39,7 @@ from capsup.supervisor.refusal_limit import RefusalLimiter
 from capsup.supervisor.server import Server, new_trace_id
 from capsup.supervisor.store import Store
 
-__all__ = ["MetricsUnavailable", "Runtime", "RuntimeOptions", "fan_out"]
+__all__ = ["FanOut", "MetricsUnavailable", "Runtime", "RuntimeOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +53,21 @@ class RuntimeOptions:
     confine: str | None = None
 
 
-def fan_out(*sinks: EventSink) -> EventSink:
+class FanOut:
     """One sink that feeds several, in order (the audit trail first: if it
-    raises, the event is not counted as done anywhere)."""
+    raises, the event is not counted as done anywhere); a batch goes to each
+    as a batch (:func:`~capsup.supervisor.events.record_all`)."""
 
-    def sink(event: Event) -> None:
-        for each in sinks:
+    def __init__(self, *sinks: EventSink) -> None:
+        self._sinks = sinks
+
+    def __call__(self, event: Event) -> None:
+        for each in self._sinks:
             each(event)
 
-    return sink
+    def record_all(self, events: Sequence[Event]) -> None:
+        for each in self._sinks:
+            record_all(each, events)
 
 
 class MetricsUnavailable(Exception):
@@ -139,7 +146,7 @@ class Runtime:
             on_written=self.metrics.audit_records_written,
             on_error=self.metrics.audit_write_failed,
         )
-        sink = fan_out(self.audit, self.metrics)
+        sink = FanOut(self.audit, self.metrics)
         self.kernel = Kernel(
             store=self.store,
             policy=config.policy,
