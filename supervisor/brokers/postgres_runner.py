@@ -46,6 +46,7 @@ statement is sent. Error messages never carry the URL's password.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -133,9 +134,7 @@ class _Pool:
                 connect_timeout=max(_MIN_CONNECT_TIMEOUT, math.ceil(limits.time_limit)),
             )
         except psycopg.Error as error:
-            raise QueryRefused(
-                "unavailable", f"cannot connect to the database: {self.scrub(str(error))}"
-            ) from None
+            raise _unreachable(self.scrub(str(error))) from None
         connection.server_cursor_factory = RawServerCursor
         return connection
 
@@ -298,4 +297,19 @@ def _refusal(error: psycopg.Error, pool: _Pool) -> QueryRefused:
     reason = _SQLSTATE_REASONS.get(error.sqlstate or "")
     if reason is None:
         reason = "unavailable" if isinstance(error, psycopg.OperationalError) else "database_error"
+    if reason == "unavailable":
+        return _unreachable(message)
     return QueryRefused(reason, f"{error.sqlstate or type(error).__name__}: {message}")
+
+
+def _unreachable(detail: str) -> QueryRefused:
+    """The refusal for a database that cannot be reached or refused the
+    supervisor's login. What libpq said names the server's address and the
+    role, which are the operator's to know: it goes to the supervisor's
+    stderr, and the agent (and the trail) get a sentence without them."""
+    print(f"capsup: database unavailable: {detail}", file=sys.stderr, flush=True)
+    return QueryRefused(
+        "unavailable",
+        "the database cannot be reached, or refused the supervisor's connection "
+        "(the supervisor's log says why)",
+    )

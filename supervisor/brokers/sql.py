@@ -216,7 +216,9 @@ def capped_rows(
             )
         if len(rows) > limits.max_rows:
             raise QueryRefused(
-                "too_many_rows", f"the statement returns more than {limits.max_rows} rows"
+                "too_many_rows",
+                f"the statement returns more than {limits.max_rows} "
+                f"row{'s' if limits.max_rows != 1 else ''}",
             )
         if size > limits.max_bytes:
             raise QueryRefused(

@@ -620,12 +620,18 @@ def test_pg_a_runaway_statement_meets_statement_timeout(
     assert run_pg(pg, "SELECT 1 AS one").rows == [[1]]
 
 
-def test_pg_a_wrong_password_is_unavailable_and_never_shown(pg: PostgresServer) -> None:
+def test_pg_a_wrong_password_is_unavailable_and_never_shown(
+    pg: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     wrong = "Wr0ng-pass-" + "q" * 8
     url = pg.url_with(password=wrong)
     error = refused("unavailable", run_postgres, url, "SELECT 1", [], operations=SELECT,
                     limits=QueryLimits())  # fmt: skip
-    assert "password authentication failed" in error.message
+    # The agent learns that, not where: the address and the role are the operator's.
+    assert "refused the supervisor's connection" in error.message
+    assert str(pg.port) not in error.message and pg.user not in error.message
+    said = capsys.readouterr().err  # the operator's log says why
+    assert "password authentication failed" in said and wrong not in said
     assert wrong not in error.message and wrong not in str(error)
     dead = f"postgresql://capsup:{wrong}@127.0.0.1:1/postgres"
     error = refused("unavailable", run_postgres, dead, "SELECT 1", [], operations=SELECT,
