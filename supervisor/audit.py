@@ -236,6 +236,15 @@ class AuditLog:
                     self._tail = before
                 raise
 
+    def fail(self, reason: str) -> None:
+        """Stop recording: every later record raises :class:`AuditUnavailable`
+        with ``reason`` (what was written stays written)."""
+        with self._lock:
+            self._broken = reason
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
     def flush(self) -> None:
         """Write the buffered validations now."""
         with self._lock:

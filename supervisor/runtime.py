@@ -138,6 +138,7 @@ class Runtime:
         known = self.store.get_meta(HEAD_META_KEY)
         known_head: AuditHead | None = parse_head(known) if known else None
         self.metrics = Metrics()
+        self._head_to_keep: AuditHead | None = None
         self.audit = AuditLog(
             options.audit_log or run_audit_path(),
             key=key,
@@ -226,10 +227,33 @@ class Runtime:
         try:
             self.refusals.summarize_due()
         finally:
-            self.audit.flush_if_due()
+            try:
+                self.audit.flush_if_due()
+            finally:
+                self._keep_head()
 
     def _remember_head(self, seq: int, digest: str) -> None:
-        self.store.set_meta(HEAD_META_KEY, format_head(AuditHead(seq, digest)))
+        """Note the trail's newest record; :meth:`_keep_head` stores it.
+
+        Storing it is a transaction of the state store, as dear as the rest
+        of a brokered request; so it is stored once per turn of the loop (at
+        its end, and at close), not once per write. The file is then ahead
+        of the stored head for at most one turn, which a crash may leave too
+        and which the start-up check accepts: records never fall behind it."""
+        self._head_to_keep = AuditHead(seq, digest)
+
+    def _keep_head(self) -> None:
+        """Store the newest head, if it moved; a store that refuses it stops
+        the trail (every audited request then fails closed), since tampering
+        after this point could no longer be told."""
+        head, self._head_to_keep = self._head_to_keep, None
+        if head is None:
+            return
+        try:
+            self.store.set_meta(HEAD_META_KEY, format_head(head))
+        except Exception as error:
+            self.audit.fail(f"cannot keep the audit head in the state store: {error}")
+            raise
 
     def close(self) -> None:
         try:
@@ -242,7 +266,10 @@ class Runtime:
                 try:
                     self.refusals.close()
                 finally:
-                    self.audit.close()
+                    try:
+                        self.audit.close()
+                    finally:
+                        self._keep_head()
             finally:
                 self.store.close()
                 if self.metrics_server is not None:

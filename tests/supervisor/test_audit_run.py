@@ -3,6 +3,7 @@ tied together by trace ids, verified against the head the state store kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capsup.agents.errors import AuditUnavailable
 from capsup.supervisor.audit import HEAD_META_KEY, parse_head, verify
 from capsup.supervisor.audit_record import EVENT_FIELDS
-from capsup.supervisor.events import EventType
+from capsup.supervisor.config import parse_config
+from capsup.supervisor.events import Event, EventType
+from capsup.supervisor.runtime import Runtime, RuntimeOptions
 from capsup.supervisor.store import Store
 from local_http import LocalServer
 
@@ -274,3 +278,35 @@ def test_verify_reads_the_head_from_the_state_file_and_sees_a_cut(
     )
     assert done.returncode == 1
     assert f"broken at seq {len(lines) - 2}: truncated" in done.stdout
+
+
+def test_the_head_is_kept_once_a_turn_and_a_store_that_refuses_it_stops_the_trail(
+    tmp_path: Path,
+) -> None:
+    """The head is stored at the end of a loop's turn, not at every write;
+    when the store refuses it, the trail stops and requests fail closed."""
+    runtime = Runtime(
+        parse_config({}, source="<test>"),
+        RuntimeOptions(
+            endpoint=f"ipc://{tmp_path}/capsup.sock",
+            state=str(tmp_path / "state.db"),
+            audit_log=str(tmp_path / "audit.jsonl"),
+            confine="off",
+        ),
+    )
+    try:
+        event = Event(EventType.AGENT_STARTED, 1.0, "t", principal="a")
+        runtime.audit(event)
+        head = runtime.audit.head
+        assert runtime.store.get_meta(HEAD_META_KEY) != f"{head.seq}:{head.hash}"
+        runtime.server.turn(timeout=0)  # the end of a turn keeps it
+        assert runtime.store.get_meta(HEAD_META_KEY) == f"{head.seq}:{head.hash}"
+        runtime.audit(event)
+        runtime.store.close()  # the store now refuses every write
+        with pytest.raises(sqlite3.ProgrammingError):
+            runtime._on_idle()
+        with pytest.raises(AuditUnavailable, match="cannot keep the audit head"):
+            runtime.audit(event)
+    finally:
+        with contextlib.suppress(Exception):
+            runtime.close()
