@@ -25,8 +25,10 @@ from capsup.agents.errors import UpstreamError
 
 __all__ = ["HttpxTransport"]
 
-#: Headers the supervisor sets itself (and refuses from an agent); httpx
-#: adds some of them to every request.
+#: Headers the supervisor sets itself (and refuses from an agent), which
+#: httpx adds to every request; and ``Accept-Encoding``, which the
+#: supervisor refuses on a capability that carries credentials (it asks for
+#: ``identity`` itself).
 _SUPERVISOR_HEADERS: Final = frozenset(
     {
         "host",
@@ -37,6 +39,7 @@ _SUPERVISOR_HEADERS: Final = frozenset(
         "te",
         "trailer",
         "upgrade",
+        "accept-encoding",
     }
 )
 

@@ -820,6 +820,14 @@ class Server:
         agent that asked still runs (its own endpoint is closed otherwise)."""
         sock = self._serving
         assert sock is not None
+        if not _assigned_by_router(envelope[0]):
+            # Answered later, so like a held wait: an id the peer chose is one
+            # any process can take once the peer disconnects.
+            chosen_id = BadRequest(
+                f"{request.op} is answered later, so it needs a connection whose routing id "
+                "the supervisor assigned; connect without setting ZMQ_ROUTING_ID"
+            )
+            self._refuse(chosen_id, peer, request.op, trace_id)
 
         def answer(result: Callable[[], dict[str, Any]]) -> None:
             try:
@@ -940,7 +948,15 @@ class Server:
                 brokered = owner.confinement.plan.seccomp
                 if pid is not None and not brokered and self.processes.identify(pid) is owner:
                     return b"200", f"{owner.agent_id}|{pid}".encode()
-            return b"200", f"|{pid or 0}".encode()
+            # Anyone else is refused outright, not let in as nobody: nobody
+            # has business there, and a connection let in could take the
+            # routing id of one the agent closed (and a reply meant for it).
+            error = Unauthenticated(
+                "a process that is not this agent connected to the agent's own endpoint"
+            )
+            with self._reported("recording a refused connection"):
+                self._violation(ViolationKind.UNAUTHENTICATED, error, new_trace_id(), pid=pid)
+            return b"400", b""
         if pid is not None and not self._accepted.connector_alive(pid):
             # Some connection from this pid was made by a process that has
             # died since: the pid is another's now, and which connection this

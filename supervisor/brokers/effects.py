@@ -35,6 +35,7 @@ ERROR_FOR_REASON: Final[Mapping[str, type[CapsupError]]] = {
     "metadata_address": ConstraintViolation,
     "request_too_large": ConstraintViolation,
     "response_too_large": ConstraintViolation,
+    "encoded_response": ConstraintViolation,
     "dns_failed": UpstreamError,
     "connect_failed": UpstreamError,
     "tls_error": UpstreamError,

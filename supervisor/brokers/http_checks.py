@@ -22,6 +22,8 @@ __all__ = [
     "REASONS",
     "HttpRefused",
     "check_agent_headers",
+    "check_credentialed_request",
+    "check_credentialed_response",
     "check_header_pairs",
     "clip",
     "resolve_checked",
@@ -49,6 +51,7 @@ REASONS: Final[Mapping[str, str]] = {
     "timeout": "the exchange or its connect did not finish in time",
     "connection_lost": "the connection failed in the middle of the exchange",
     "protocol_error": "the server broke HTTP/1.1",
+    "encoded_response": "an encoded response to a request that carried credentials",
 }
 
 #: Headers the agent may not set, and why (compared lower-case).
@@ -61,6 +64,16 @@ _FORBIDDEN: Final[Mapping[str, str]] = {
     "te": "a hop-by-hop header; the broker manages its connections",
     "trailer": "a hop-by-hop header; the broker sends no trailers",
     "upgrade": "a hop-by-hop header; the broker does not switch protocols",
+    "expect": "the broker sends the body with the request, never after a 100 Continue",
+}
+
+#: Headers an agent may not set on a capability that carries credentials:
+#: a server that echoes the request would send the injected value back in a
+#: form redaction cannot see (compressed, or cut into ranges).
+_NOT_WITH_CREDENTIALS: Final[Mapping[str, str]] = {
+    "accept-encoding": "an encoded response could carry the credentials past redaction",
+    "range": "a partial response could carry pieces of the credentials past redaction",
+    "if-range": "a partial response could carry pieces of the credentials past redaction",
 }
 _PROXY_PREFIX: Final = "proxy-"
 _PROXY_WHY: Final = "Proxy-* headers are for proxies, and the broker uses none"
@@ -99,6 +112,31 @@ def check_agent_headers(headers: object) -> tuple[tuple[str, str], ...]:
     if not isinstance(headers, Mapping):
         raise HttpRefused("bad_header", "headers must be a map of names to string values")
     return check_header_pairs(tuple(headers.items()), "header")
+
+
+def check_credentialed_request(headers: Sequence[tuple[str, str]]) -> None:
+    """Refuse the headers an agent may not set when credentials are injected."""
+    for name, _ in headers:
+        why = _NOT_WITH_CREDENTIALS.get(name.lower())
+        if why is not None:
+            raise HttpRefused(
+                "forbidden_header",
+                f"header {clip(name)} may not be set on a capability that carries "
+                f"credentials: {why}",
+            )
+
+
+def check_credentialed_response(headers: Sequence[tuple[str, str]]) -> None:
+    """Refuse a response with a content coding (a server that ignored the
+    broker's ``Accept-Encoding: identity``) when credentials were injected:
+    redaction sees only the bytes as they came."""
+    for name, value in headers:
+        if name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity"):
+            raise HttpRefused(
+                "encoded_response",
+                f"the response is {clip(value)}-encoded, and the request carried credentials "
+                "that redaction could not find in it",
+            )
 
 
 def check_header_pairs(pairs: Sequence[object], what: str) -> tuple[tuple[str, str], ...]:

@@ -37,6 +37,10 @@ from capsup.supervisor.brokers.http import (
     check_agent_headers,
     resolve_checked,
 )
+from capsup.supervisor.brokers.http_checks import (
+    check_credentialed_request,
+    check_credentialed_response,
+)
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.injection import Injection, redact
 from capsup.supervisor.kernel import Kernel
@@ -80,6 +84,7 @@ class PreparedHttp:
         result = self._broker.exchange(self._call, addresses, inject=inject, limits=self._limits)
         if self._injection is None:
             return result
+        check_credentialed_response(result.headers)
         secrets = self._injection.secrets
         headers = [(name, redact(value, secrets)) for name, value in result.headers]
         return HttpResult(result.status, headers, redact(result.body, secrets))
@@ -182,6 +187,8 @@ def prepare_http(
         if not cap.resource.startswith(("http://", "https://")):
             raise HttpRefused("bad_request", f"{cap.id} is not an http(s) capability")
         headers = check_agent_headers(dict(args.headers))
+        if injection is not None:
+            check_credentialed_request(headers)
         # The parser the validator used, on the same text: the same URL.
         url = parse_url(args.url)
         capability_host = parse_url(cap.resource, allow_wildcard=True).host

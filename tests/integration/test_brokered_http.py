@@ -57,6 +57,17 @@ try:
 except OSError as e:
     out["direct"] = type(e).__name__
 out["listed"] = [cap.to_wire() for cap in c.list_my_capabilities()]
+# A reply that comes later goes by routing id: one the agent chose could be
+# taken by another connection once this one closes, so it is refused.
+import msgpack, os, zmq
+raw = zmq.Context.instance().socket(zmq.DEALER)
+raw.setsockopt(zmq.ROUTING_ID, b"victim-1")
+raw.setsockopt(zmq.LINGER, 0)
+raw.connect(os.environ["CAPSUP_ENDPOINT"])
+raw.send(msgpack.packb({"id": 1, "op": "http", "args": {
+    "capability": caps["site"].id, "method": "GET", "url": plan["chosen_id_url"]}}))
+out["chosen_id"] = msgpack.unpackb(raw.recv())["error"] if raw.poll(10000) else "no reply"
+raw.close()
 json.dump(out, open(out_file, "w"))
 """
 
@@ -149,11 +160,28 @@ def outcome(
                 "url": f"{plain}/echo",
                 "headers": {"Authorization": "Bearer mine"},
             },
+            "gzip_with_credentials": {
+                "cap": "site",
+                "url": f"{plain}/echo",
+                "headers": {"Accept-Encoding": "gzip"},
+            },
+            "range_with_credentials": {
+                "cap": "site",
+                "url": f"{plain}/echo",
+                "headers": {"Range": "bytes=0-9"},
+            },
+            "encoded_with_credentials": {"cap": "site", "url": f"{plain}/gzip-bomb?mib=1"},
+            "gzip_without_credentials": {
+                "cap": "tls",
+                "url": f"https://127.0.0.1:{servers.tls.port}/gzip-bomb?mib=1",
+                "headers": {"Accept-Encoding": "gzip"},
+            },
             "tls": {"cap": "tls", "url": f"https://127.0.0.1:{servers.tls.port}/echo"},
             "foreign_ca": {"cap": "foreign", "url": f"https://127.0.0.1:{servers.foreign.port}/"},
             "httpx": {"cap": "site", "url": f"{plain}/echo?via=httpx", "httpx": True},
         },
         "direct": ["127.0.0.1", servers.plain.port],
+        "chosen_id_url": f"{plain}/echo?chosen",
     }
     # Its plan in the directory it may write; its code apart from the policy
     # (a directory holding the policy is narrowed to the agent's own file).
@@ -247,11 +275,33 @@ def test_framing_headers_are_the_supervisors(outcome: Any, servers: Servers) -> 
     _refused(results["crlf"], "bad_request", "bad_header")
 
 
+def test_no_encoded_or_partial_response_under_credentials(outcome: Any) -> None:
+    """A server that echoes the request could send the injected value back
+    compressed or in pieces, where redaction cannot see it: on a capability
+    that carries credentials, the agent may not ask for either, and an
+    encoded response is refused. Without credentials, both are the agent's."""
+    results, _, _, _ = outcome
+    _refused(results["gzip_with_credentials"], "bad_request", "forbidden_header")
+    assert "carries credentials" in results["gzip_with_credentials"]["message"]
+    _refused(results["range_with_credentials"], "bad_request", "forbidden_header")
+    _refused(results["encoded_with_credentials"], "constraint_violation", "encoded_response")
+    assert results["gzip_without_credentials"]["status"] == 200
+
+
 def test_tls_is_verified_against_the_trusted_roots(outcome: Any, servers: Servers) -> None:
     results, _, _, _ = outcome
     assert results["tls"]["status"] == 200
     _refused(results["foreign_ca"], "upstream_error", "tls_error")
     assert not servers.foreign.record.requests  # nothing was sent over the untrusted channel
+
+
+def test_no_brokered_request_on_a_routing_id_the_agent_chose(
+    outcome: Any, servers: Servers
+) -> None:
+    results, _, _, _ = outcome
+    assert results["chosen_id"]["code"] == "bad_request"
+    assert "ZMQ_ROUTING_ID" in results["chosen_id"]["message"]
+    assert not [s for s in servers.plain.record.requests if s.path == "/echo?chosen"]
 
 
 def test_the_agent_has_no_network_of_its_own(outcome: Any) -> None:

@@ -237,6 +237,12 @@ def test_a_stolen_id_is_denied_and_audited(tmp_path: Path) -> None:
     assert len(stolen) == 1 and stolen[0]["principal"].startswith("agent-helper-")
 
 
+def shared_endpoint(agent_endpoint: str) -> str:
+    """The supervisor's shared endpoint, beside the agents' own
+    (``RUNTIME/agents/N.sock`` and ``RUNTIME/capsup.sock``)."""
+    return "ipc://" + str(Path(agent_endpoint.removeprefix("ipc://")).parents[1] / "capsup.sock")
+
+
 def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
     agent = write_idle_agent(tmp_path)
     audit = tmp_path / "audit.jsonl"
@@ -245,13 +251,18 @@ def test_an_unknown_process_is_unauthenticated(tmp_path: Path) -> None:
         wait_for(tmp_path / "endpoint")
         endpoint = (tmp_path / "endpoint").read_text()
         # this test process is not an agent: whatever it claims, it is nobody
-        from capsup.agents import Unauthenticated, connect
+        from capsup.agents import SupervisorGone, Unauthenticated, connect
 
-        client = connect(endpoint, timeout=10)
+        client = connect(shared_endpoint(endpoint), timeout=10)
         with pytest.raises(Unauthenticated):
             client.whoami()
         with pytest.raises(Unauthenticated):
             client.request(f"file://{tmp_path}", ["read"])
+        client.close()
+        # The agent's own endpoint does not even let it in.
+        client = connect(endpoint, timeout=2)
+        with pytest.raises(SupervisorGone):
+            client.whoami()
         client.close()
     finally:
         (tmp_path / "done").write_text("")
@@ -268,7 +279,7 @@ def test_a_strangers_reply_and_its_audit_record_share_the_trace_id(tmp_path: Pat
         wait_for(tmp_path / "endpoint")
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect((tmp_path / "endpoint").read_text())
+        sock.connect(shared_endpoint((tmp_path / "endpoint").read_text()))
         for request in (
             {"id": 7, "op": "whoami", "trace_id": "stranger-1"},
             {"id": "no-trace", "op": "whoami"},
