@@ -167,15 +167,16 @@ class _Pool:
         self.users = 0
 
 
-_PoolKey = tuple[str, str, int, IPAddress]
+_PoolKey = tuple[str, str, str, int, IPAddress]
 
 
 class HttpBroker:
     """Performs checked HTTP calls, reusing connections across calls; thread-safe.
 
-    Pools are keyed by (scheme, host, port, address), so a connection is only
-    reused by a call that checked its address. At most ``max_pools`` idle
-    pools are kept, the least recently used closed first.
+    Pools are keyed by (partition, scheme, host, port, address), so a
+    connection is only reused by a call of the same caller that checked its
+    address. At most ``max_pools`` idle pools are kept, the least recently
+    used closed first.
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_pools: int = MAX_POOLS):
@@ -211,11 +212,17 @@ class HttpBroker:
         *,
         inject: Mapping[str, str],
         limits: HttpLimits,
+        partition: str = "",
     ) -> HttpResult:
-        """Send ``call`` to the first of ``addresses`` that accepts a connection."""
+        """Send ``call`` to the first of ``addresses`` that accepts a connection.
+
+        Connections are reused only by calls of the same ``partition`` (the
+        caller's: an agent and the credentials it sends): a connection one
+        caller left in a bad state (a server's stray bytes after a response,
+        a connection-bound login) must never answer another's request."""
         secrets = [value for value in inject.values() if isinstance(value, str) and value]
         try:
-            return self._exchange(call, addresses, inject, limits)
+            return self._exchange(call, addresses, inject, limits, partition)
         except HttpRefused as refusal:
             message = clip(_scrub(refusal.message, secrets), _MESSAGE_CHARS)
             raise HttpRefused(refusal.reason, message) from None
@@ -226,6 +233,7 @@ class HttpBroker:
         addresses: Sequence[IPAddress],
         inject: Mapping[str, str],
         limits: HttpLimits,
+        partition: str,
     ) -> HttpResult:
         size = len(call.body)
         if size > limits.max_request_bytes:
@@ -254,7 +262,7 @@ class HttpBroker:
                     extensions={"timeout": timeouts | {"write": left, "pool": left}},
                 )
                 try:
-                    with self._pool((url.scheme, host, port, address)) as pool:
+                    with self._pool((partition, url.scheme, host, port, address)) as pool:
                         status, response_headers, body = send(
                             pool, request, url.host, limits.max_response_bytes
                         )
@@ -272,7 +280,7 @@ class HttpBroker:
                 raise RuntimeError("the HTTP broker is closed")
             pool = self._pools.get(key)
             if pool is None:
-                _, host, port, address = key
+                _, _, host, port, address = key
                 pool = self._pools[key] = _Pool(open_pool(host, port, address, self._ssl_context))
             else:
                 self._pools.move_to_end(key)

@@ -67,8 +67,10 @@ class PreparedHttp:
         limits: HttpLimits,
         injection: Injection | None,
         record: _Recorder,
+        partition: str,
     ) -> None:
         self._broker = broker
+        self._partition = partition
         self._call = call
         self._cap = cap
         self._capability_host = capability_host
@@ -81,7 +83,9 @@ class PreparedHttp:
         """Resolve, check and send (on a worker: it blocks)."""
         addresses = resolve_checked(self._call.url, self._capability_host)
         inject = dict(self._injection.headers) if self._injection else {}
-        result = self._broker.exchange(self._call, addresses, inject=inject, limits=self._limits)
+        result = self._broker.exchange(
+            self._call, addresses, inject=inject, limits=self._limits, partition=self._partition
+        )
         if self._injection is None:
             return result
         check_credentialed_response(result.headers)
@@ -210,6 +214,8 @@ def prepare_http(
         limits=limits,
         injection=injection,
         record=record,
+        # Connections are the caller's own, per set of credentials.
+        partition=f"{principal.id}|{id(injection) if injection else ''}",
     )
 
 

@@ -248,9 +248,19 @@ def _begin(pool: _Pool, *, read_only: bool, limits: QueryLimits) -> psycopg.Conn
 
 
 def _start(connection: psycopg.Connection[Any], read_only: bool, limits: QueryLimits) -> None:
+    """The transaction's settings, all local to it. The validator lexes SQL
+    as PostgreSQL does with ``standard_conforming_strings`` on (a backslash
+    is an ordinary character in a string); a server or role configured
+    otherwise would end the string where the validator does not, hiding
+    tables and functions after it, so the setting is pinned."""
     connection.read_only = read_only
     milliseconds = str(max(1, int(limits.time_limit * 1000)))
-    connection.execute("SELECT set_config('statement_timeout', $1, true)", [milliseconds])
+    connection.execute(
+        "SELECT set_config('statement_timeout', $1, true),"
+        " set_config('standard_conforming_strings', 'on', true),"
+        " set_config('backslash_quote', 'safe_encoding', true)",
+        [milliseconds],
+    )
 
 
 def _select(

@@ -703,6 +703,18 @@ def test_pool_is_keyed_by_the_checked_address(broker: HttpBroker) -> None:
         two.close()
 
 
+def test_connections_are_never_shared_between_partitions(
+    broker: HttpBroker, fresh: LocalServer
+) -> None:
+    """Two callers (agents, or one agent's two sets of credentials) never
+    share a connection, so bytes a server leaves on one after a response
+    can never be read as another's response."""
+    url = local(fresh, "/echo", "127.0.0.1")
+    for partition in ("agent-a|", "agent-b|", "agent-a|", "agent-b|"):
+        broker.exchange(call(url), [LOOPBACK], inject={}, limits=LIMITS, partition=partition)
+    assert (fresh.record.connections, len(fresh.record.requests)) == (2, 4)
+
+
 def test_pools_are_bounded(client_tls: ssl.SSLContext, fresh: LocalServer) -> None:
     with HttpBroker(ssl_context=client_tls, max_pools=1) as small:
         for host in ("a.test", "b.test", "a.test"):

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from capsup.supervisor.brokers import postgres_runner, sqlite_runner
 from capsup.supervisor.brokers.postgres_runner import close_pools, run_postgres
@@ -664,3 +665,21 @@ def test_pg_an_unparseable_url_is_unavailable() -> None:
     error = refused("unavailable", run_postgres, "postgresql://a:b@h:notaport/x?bad", "SELECT 1",
                     [], operations=SELECT, limits=QueryLimits())  # fmt: skip
     assert "b@h" not in error.message
+
+
+def test_pg_strings_are_lexed_as_the_validator_lexes_them(users: PostgresServer) -> None:
+    """With standard_conforming_strings off (a server's or a role's setting),
+    PostgreSQL reads '\\' as an escaped quote and the string runs on, so a
+    statement the validator reads as one string and a comment reads a table
+    to the server. The runner pins the setting for its transaction."""
+    statement = "SELECT '\\' --', name FROM users\n"
+    with users.admin() as admin:
+        admin.execute(f"ALTER ROLE {users.user} SET standard_conforming_strings = off")
+    try:
+        with psycopg.connect(users.url) as direct:  # the attack, without the pin
+            assert len(direct.execute(statement).fetchall()) == 3
+        result = run_pg(users, statement)
+        assert result.rows == [["\\"]]
+    finally:
+        with users.admin() as admin:
+            admin.execute(f"ALTER ROLE {users.user} RESET standard_conforming_strings")
