@@ -164,8 +164,13 @@ def prepare_query(
     database = databases.get(args.resource[5:]) if args.resource[:5] == "db://" else None
     # The kind is the operation validated; a statement that cannot be
     # analysed is validated as a select, and the validator refuses it with
-    # its reason.
-    kind = analyze(args.statement, database.dialect).kind if database else ""
+    # its reason. Parsing is dear, so it waits until the capability is known
+    # to be the caller's: a request under a stolen or made-up id is refused
+    # by the kernel without it.
+    held = kernel.get(args.capability)
+    kind = ""
+    if database is not None and held is not None and held.holder == principal.id:
+        kind = analyze(args.statement, database.dialect).kind
     operation = kind or "select"
     cap = kernel.validate(
         principal,

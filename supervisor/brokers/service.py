@@ -11,10 +11,13 @@ raises the error, and sends it if the asker is still there to get it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from capsup.agents import protocol as p
+from capsup.agents.errors import CapsupError
 from capsup.supervisor.brokers.http import HttpBroker
 from capsup.supervisor.brokers.http_op import PreparedHttp, prepare_http
 from capsup.supervisor.brokers.postgres_runner import close_pools
@@ -24,12 +27,21 @@ from capsup.supervisor.config import DatabaseConfig
 from capsup.supervisor.events import Event
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.principal import Principal
+from capsup.validators.sql_scope import analyze
 
-__all__ = ["Answer", "BrokeredOps"]
+__all__ = ["PARSE_ON_LOOP_BELOW", "Answer", "BrokeredOps"]
 
 #: What the server is given when a brokered op is done: call it for the
 #: result (or its error, raised).
 Answer = Callable[[Callable[[], dict[str, Any]]], None]
+
+#: Statements at least this long are parsed on a worker before the loop
+#: validates them.
+PARSE_ON_LOOP_BELOW = 1024
+
+
+def _raise(error: CapsupError) -> dict[str, Any]:
+    raise error
 
 
 class BrokeredOps:
@@ -64,6 +76,45 @@ class BrokeredOps:
         outcome goes to ``answer`` on the loop, in :meth:`collect`. Raises
         :class:`~capsup.agents.errors.Busy` (not recorded: the caller does)
         when too many are in flight."""
+        if isinstance(args, p.QueryArgs) and self._parse_apart(principal, args):
+            # A long statement is parsed on a worker first (sqlglot takes a
+            # millisecond per few hundred bytes): validating it on the loop
+            # afterwards finds the analysis cached.
+            database = self._databases[args.resource[5:]]
+            self._workers.submit(
+                principal.id,
+                lambda: analyze(args.statement, database.dialect),
+                lambda _: self._start_parsed(principal, args, trace_id, answer),
+            )
+            return
+        self._start(principal, args, now=now, trace_id=trace_id, answer=answer)
+
+    def _parse_apart(self, principal: Principal, args: p.QueryArgs) -> bool:
+        """Whether ``args`` is a statement worth parsing off the loop, under a
+        capability the caller holds, on a configured database."""
+        if len(args.statement) < PARSE_ON_LOOP_BELOW or args.resource[5:] not in self._databases:
+            return False
+        cap = self._kernel.get(args.capability)
+        return cap is not None and cap.holder == principal.id
+
+    def _start_parsed(
+        self, principal: Principal, args: p.QueryArgs, trace_id: str, answer: Answer
+    ) -> None:
+        """Continue a query whose statement a worker parsed (on the loop)."""
+        try:
+            self._start(principal, args, now=time.time(), trace_id=trace_id, answer=answer)
+        except CapsupError as error:
+            answer(functools.partial(_raise, error))
+
+    def _start(
+        self,
+        principal: Principal,
+        args: p.BrokeredArgs,
+        *,
+        now: float,
+        trace_id: str,
+        answer: Answer,
+    ) -> None:
         prepared: PreparedHttp | PreparedQuery
         if isinstance(args, p.HttpArgs):
             if self._http is None:
