@@ -185,6 +185,17 @@ class Kernel:
     def get(self, capability_id: str) -> Capability | None:
         return self._live.get(capability_id)
 
+    def is_live(self, capability_id: str, now: float) -> bool:
+        """Whether the capability is neither ended nor past its expiry.
+
+        The one question a thread other than the loop may ask (a broker's
+        worker, just before it acts on a use the loop validated earlier): a
+        lookup in a dict the loop replaces entries of, which CPython makes
+        atomic, and a read of an immutable capability. Never stale toward
+        allowing: a revocation removes the entry before it returns."""
+        cap = self._live.get(capability_id)
+        return cap is not None and cap.expires_at > now
+
     def injection(self, capability_id: str) -> Injection | None:
         """The headers the HTTP broker adds to a use of this live capability:
         its root's ceiling's ``inject``, or None. For the broker only; never

@@ -842,10 +842,25 @@ class Server:
 
         try:
             self._brokered.start(
-                peer.principal, args, now=time.time(), trace_id=trace_id, answer=answer
+                peer.principal,
+                args,
+                tree=self._tree_of(peer.agent),
+                now=time.time(),
+                trace_id=trace_id,
+                answer=answer,
             )
         except Busy as busy:
             self._refuse(busy, peer, request.op, trace_id)
+
+    def _tree_of(self, agent: AgentProcess) -> str:
+        """The id of the top agent of ``agent``'s tree: brokered work is
+        bounded per tree, so spawning sub-agents buys no more of it."""
+        while agent.parent is not None:
+            parent = self.processes.get(agent.parent)
+            if parent is None:
+                break
+            agent = parent
+        return agent.agent_id
 
     def _wake_loop(self) -> None:
         """Called on a worker thread: make the loop's poll return."""

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from capsup.agents.capability import Capability
-from capsup.agents.errors import BadRequest, CapsupError, ConstraintViolation, UpstreamError
+from capsup.agents.errors import (
+    BadRequest,
+    CapsupError,
+    ConstraintViolation,
+    Revoked,
+    UpstreamError,
+)
 from capsup.supervisor.audit_record import MAX_TEXT
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.principal import Principal
@@ -36,6 +42,7 @@ ERROR_FOR_REASON: Final[Mapping[str, type[CapsupError]]] = {
     "request_too_large": ConstraintViolation,
     "response_too_large": ConstraintViolation,
     "encoded_response": ConstraintViolation,
+    "revoked": Revoked,
     "dns_failed": UpstreamError,
     "connect_failed": UpstreamError,
     "tls_error": UpstreamError,

@@ -52,6 +52,7 @@ REASONS: Final[Mapping[str, str]] = {
     "connection_lost": "the connection failed in the middle of the exchange",
     "protocol_error": "the server broke HTTP/1.1",
     "encoded_response": "an encoded response to a request that carried credentials",
+    "revoked": "the capability ended (revoked, or expired) before the request was made",
 }
 
 #: Headers the agent may not set, and why (compared lower-case).

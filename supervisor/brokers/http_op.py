@@ -60,6 +60,7 @@ class PreparedHttp:
     def __init__(
         self,
         *,
+        kernel: Kernel,
         broker: HttpBroker,
         call: HttpCall,
         cap: Capability,
@@ -69,6 +70,7 @@ class PreparedHttp:
         record: _Recorder,
         partition: str,
     ) -> None:
+        self._kernel = kernel
         self._broker = broker
         self._partition = partition
         self._call = call
@@ -80,7 +82,11 @@ class PreparedHttp:
         self._started = time.perf_counter()
 
     def perform(self) -> HttpResult:
-        """Resolve, check and send (on a worker: it blocks)."""
+        """Resolve, check and send (on a worker: it blocks), unless the
+        capability ended since the loop validated it (the job may have
+        waited for a worker)."""
+        if not self._kernel.is_live(self._cap.id, time.time()):
+            raise HttpRefused("revoked", f"{self._cap.id} ended before the request was made")
         addresses = resolve_checked(self._call.url, self._capability_host)
         inject = dict(self._injection.headers) if self._injection else {}
         result = self._broker.exchange(
@@ -207,6 +213,7 @@ def prepare_http(
     except Refusal as refusal:  # the URL passed the validator: this is not expected
         record.refused("bad_request", f"{refusal.reason}: {refusal}", cap)
     return PreparedHttp(
+        kernel=kernel,
         broker=broker,
         call=call,
         cap=cap,

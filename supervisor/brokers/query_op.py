@@ -58,14 +58,20 @@ class _Statement:
 class PreparedQuery:
     """One validated ``query``, ready for a worker."""
 
-    def __init__(self, statement: _Statement, cap: Capability, record: _Recorder) -> None:
+    def __init__(
+        self, kernel: Kernel, statement: _Statement, cap: Capability, record: _Recorder
+    ) -> None:
+        self._kernel = kernel
         self._statement = statement
         self._cap = cap
         self._record = record
         self._started = time.perf_counter()
 
     def perform(self) -> QueryResult:
-        """Run the statement (on a worker: it blocks)."""
+        """Run the statement (on a worker: it blocks), unless the capability
+        ended since the loop validated it (the job may have waited)."""
+        if not self._kernel.is_live(self._cap.id, time.time()):
+            raise QueryRefused("revoked", f"{self._cap.id} ended before the statement ran")
         s = self._statement
         if s.database.dialect == "sqlite":
             return run_sqlite(
@@ -191,4 +197,4 @@ def prepare_query(
         tables=None if tables is None else frozenset(tuple(t.split(".")) for t in tables),
         limits=QueryLimits.capped(max_rows=cap.constraints.get("max_rows")),
     )
-    return PreparedQuery(statement, cap, record)
+    return PreparedQuery(kernel, statement, cap, record)

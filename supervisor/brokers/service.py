@@ -68,26 +68,28 @@ class BrokeredOps:
         principal: Principal,
         args: p.BrokeredArgs,
         *,
+        tree: str,
         now: float,
         trace_id: str,
         answer: Answer,
     ) -> None:
         """Validate ``args`` (raising, recorded, if refused) and start it; its
-        outcome goes to ``answer`` on the loop, in :meth:`collect`. Raises
-        :class:`~capsup.agents.errors.Busy` (not recorded: the caller does)
-        when too many are in flight."""
+        outcome goes to ``answer`` on the loop, in :meth:`collect`. ``tree``
+        names the agent tree the op counts against (its top agent's id).
+        Raises :class:`~capsup.agents.errors.Busy` (not recorded: the caller
+        does) when too many are in flight."""
         if isinstance(args, p.QueryArgs) and self._parse_apart(principal, args):
             # A long statement is parsed on a worker first (sqlglot takes a
             # millisecond per few hundred bytes): validating it on the loop
             # afterwards finds the analysis cached.
             database = self._databases[args.resource[5:]]
             self._workers.submit(
-                principal.id,
+                tree,
                 lambda: analyze(args.statement, database.dialect),
-                lambda _: self._start_parsed(principal, args, trace_id, answer),
+                lambda _: self._start_parsed(principal, args, tree, trace_id, answer),
             )
             return
-        self._start(principal, args, now=now, trace_id=trace_id, answer=answer)
+        self._start(principal, args, tree=tree, now=now, trace_id=trace_id, answer=answer)
 
     def _parse_apart(self, principal: Principal, args: p.QueryArgs) -> bool:
         """Whether ``args`` is a statement worth parsing off the loop, under a
@@ -98,11 +100,13 @@ class BrokeredOps:
         return cap is not None and cap.holder == principal.id
 
     def _start_parsed(
-        self, principal: Principal, args: p.QueryArgs, trace_id: str, answer: Answer
+        self, principal: Principal, args: p.QueryArgs, tree: str, trace_id: str, answer: Answer
     ) -> None:
         """Continue a query whose statement a worker parsed (on the loop)."""
         try:
-            self._start(principal, args, now=time.time(), trace_id=trace_id, answer=answer)
+            self._start(
+                principal, args, tree=tree, now=time.time(), trace_id=trace_id, answer=answer
+            )
         except CapsupError as error:
             answer(functools.partial(_raise, error))
 
@@ -111,6 +115,7 @@ class BrokeredOps:
         principal: Principal,
         args: p.BrokeredArgs,
         *,
+        tree: str,
         now: float,
         trace_id: str,
         answer: Answer,
@@ -139,13 +144,11 @@ class BrokeredOps:
                 emit=self._emit,
             )
         finish: Callable[[Any], dict[str, Any]] = prepared.finish
-        self._workers.submit(
-            principal.id, prepared.perform, lambda outcome: answer(lambda: finish(outcome))
-        )
+        self._workers.submit(tree, prepared.perform, lambda outcome: answer(lambda: finish(outcome)))
 
-    def in_flight(self, agent_id: str | None = None) -> int:
-        """Brokered ops running or queued, of one agent or of all."""
-        return self._workers.in_flight(agent_id)
+    def in_flight(self, tree: str | None = None) -> int:
+        """Brokered ops running or queued, of one agent tree or of all."""
+        return self._workers.in_flight(tree)
 
     def collect(self) -> None:
         """Answer every op whose worker is done (on the loop)."""

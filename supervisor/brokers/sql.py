@@ -59,6 +59,8 @@ __all__ = [
 #: Why a statement the validator allowed was not performed.
 REASONS: Final = frozenset(
     {
+        # The capability was revoked, or expired, before the statement ran.
+        "revoked",
         # The broker's second line refused what the validator let through:
         # SQLite's authorizer, or the PostgreSQL runner's check of the kind.
         "authorizer_denied",

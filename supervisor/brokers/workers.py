@@ -8,7 +8,7 @@ and replies (the audit trail, the metrics and the ZeroMQ sockets are the
 loop's). The loop is woken by ``wake`` (the server's self-pipe) and calls
 :meth:`BrokerWorkers.collect`.
 
-In-flight work is bounded per agent and in all: each job holds a worker
+In-flight work is bounded per agent tree and in all: each job holds a worker
 for as long as the far end makes it wait, so without a bound one agent
 could take every worker (and every descriptor) with slow requests. A job
 past a bound is refused (:class:`~capsup.agents.errors.Busy`) before it
@@ -30,11 +30,12 @@ from capsup.agents.errors import Busy
 
 __all__ = ["DEFAULT_PER_AGENT", "DEFAULT_TOTAL", "DEFAULT_WORKERS", "BrokerWorkers"]
 
-#: Worker threads: what may wait on the far end at once.
-DEFAULT_WORKERS: Final = 16
-#: Jobs in flight (running or queued) per agent, and in all.
+#: Jobs in flight per agent tree (an agent and its sub-agents), and in all.
 DEFAULT_PER_AGENT: Final = 8
 DEFAULT_TOTAL: Final = 256
+#: Worker threads, made as they are needed: one per job in flight, so a job
+#: never waits behind another tree's slow ones.
+DEFAULT_WORKERS: Final = DEFAULT_TOTAL
 
 _T = TypeVar("_T")
 
@@ -95,8 +96,8 @@ class BrokerWorkers:
             raise Busy(f"{self._total} brokered requests are in flight already; retry later")
         if self._in_flight[key] >= self._per_agent:
             raise Busy(
-                f"this agent has {self._per_agent} brokered requests in flight already; "
-                "retry once one is answered"
+                f"this agent and its sub-agents have {self._per_agent} brokered requests in "
+                "flight already; retry once one is answered"
             )
         self._in_flight[key] += 1
         if len(self._threads) < min(self._workers, sum(self._in_flight.values())):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from capsup.agents import protocol as p
-from capsup.agents.errors import CapsupError, NotHolder, UnknownCapability
+from capsup.agents.errors import CapsupError, NotHolder, Revoked, UnknownCapability
 from capsup.supervisor.brokers.query_op import prepare_query
 from capsup.supervisor.brokers.service import PARSE_ON_LOOP_BELOW, BrokeredOps
 from capsup.supervisor.config import Config, parse_config
@@ -34,7 +34,9 @@ def _world(tmp_path: Path) -> tuple[Config, Kernel, str]:
     config = parse_config(
         {
             "databases": {"main": {"url": f"sqlite://{tmp_path}/main.db"}},
-            "agents": {"alice": {"allow": [{"resource": "db://main", "operations": ["select"]}]}},
+            "agents": {
+                "alice": {"allow": [{"resource": "db://main", "operations": ["select", "insert"]}]}
+            },
         },
         source="<test>",
     )
@@ -43,7 +45,7 @@ def _world(tmp_path: Path) -> tuple[Config, Kernel, str]:
     for principal in (ALICE, MALLORY):
         kernel.register_principal(principal)
     cap = kernel.request(
-        ALICE, CapabilityRequest("db://main", ["select"]), now=time.time(), trace_id="t"
+        ALICE, CapabilityRequest("db://main", ["select", "insert"]), now=time.time(), trace_id="t"
     )
     return config, kernel, cap.id
 
@@ -82,6 +84,7 @@ def test_a_long_statement_is_parsed_on_a_worker_then_run(tmp_path: Path) -> None
         ops.start(
             ALICE,
             p.QueryArgs(held, "db://main", statement),
+            tree=ALICE.id,
             now=time.time(),
             trace_id="t",
             answer=answers.append,
@@ -96,3 +99,22 @@ def test_a_long_statement_is_parsed_on_a_worker_then_run(tmp_path: Path) -> None
         ops.close()
     assert result["rows"] == [[f"v{i}"] for i in range(10)]
     assert [e.event for e in events][-1] == "database_query"
+
+
+def test_a_capability_revoked_while_its_query_waited_is_not_used(tmp_path: Path) -> None:
+    """The loop validated the query; the capability was revoked before a
+    worker took it up: the worker checks again and does nothing."""
+    config, kernel, held = _world(tmp_path)
+    events: list[Event] = []
+    args = p.QueryArgs(held, "db://main", "INSERT INTO t VALUES (99, 'late')")
+    prepared = prepare_query(
+        kernel, config.databases, ALICE, args, now=time.time(), trace_id="t", emit=events.append
+    )
+    kernel.revoke(ALICE, held, now=time.time(), trace_id="t")
+    with pytest.raises(Exception) as raised:
+        prepared.perform()
+    with pytest.raises(Revoked):
+        prepared.finish(raised.value)
+    with sqlite3.connect(tmp_path / "main.db") as db:
+        assert db.execute("SELECT count(*) FROM t WHERE k = 99").fetchone() == (0,)
+    assert (events[-1].event, events[-1].reason) == ("database_query", "revoked")
