@@ -144,7 +144,9 @@ class BrokeredOps:
                 emit=self._emit,
             )
         finish: Callable[[Any], dict[str, Any]] = prepared.finish
-        self._workers.submit(tree, prepared.perform, lambda outcome: answer(lambda: finish(outcome)))
+        self._workers.submit(
+            tree, prepared.perform, lambda outcome: answer(lambda: finish(outcome))
+        )
 
     def in_flight(self, tree: str | None = None) -> int:
         """Brokered ops running or queued, of one agent tree or of all."""
