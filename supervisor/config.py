@@ -7,9 +7,10 @@ wrong. A configuration that half-loads would be a policy nobody wrote.
 
 from __future__ import annotations
 
+import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "Settings",
     "load_config",
     "parse_config",
+    "secret_files",
     "sqlite_path",
 ]
 
@@ -182,6 +184,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         )
     settings = _parse_settings(_table(data, "supervisor"))
     _check_injected_variables(ceilings, settings.pass_environment)
+    _check_secret_files(ceilings, settings)
     return Config(
         policy=Policy(ceilings, spawnable),
         databases=databases,
@@ -190,6 +193,33 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         validators=validators,
         source=source,
     )
+
+
+def secret_files(ceilings: Mapping[str, Sequence[Ceiling]], settings: Settings) -> list[str]:
+    """Files no agent may reach by any means: the audit key, and the files
+    credentials are injected from."""
+    files = [settings.audit_key_file] if settings.audit_key_file else []
+    for entries in ceilings.values():
+        files += [f for c in entries if c.inject is not None for f in c.inject.files]
+    return files
+
+
+def _check_secret_files(ceilings: Mapping[str, tuple[Ceiling, ...]], settings: Settings) -> None:
+    """Refuse a ``file://`` ceiling that covers a secret file: a capability
+    under it would hand the secret to the agent through the file broker."""
+    secrets = [os.path.realpath(f) for f in secret_files(ceilings, settings)]
+    for name, entries in ceilings.items():
+        for i, ceiling in enumerate(entries):
+            if not ceiling.resource.startswith("file://"):
+                continue
+            root = os.path.realpath(ceiling.resource.removeprefix("file://")).rstrip("/")
+            for secret in secrets:
+                if secret == root or secret.startswith(root + "/"):
+                    raise PolicyError(
+                        f"agents.{name}.allow[{i}].resource covers {secret}, which no agent "
+                        "may read (the audit key, or a file credentials are injected from): "
+                        "grant a narrower resource, or keep the file elsewhere"
+                    )
 
 
 def _check_injected_variables(

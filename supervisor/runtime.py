@@ -27,7 +27,7 @@ from capsup.supervisor.audit import (
     parse_head,
     read_key_file,
 )
-from capsup.supervisor.config import Config
+from capsup.supervisor.config import Config, secret_files
 from capsup.supervisor.confinement.dumpable import make_undumpable
 from capsup.supervisor.confinement.leftovers import sweep_leftovers
 from capsup.supervisor.confinement.setup import Confiner
@@ -92,15 +92,6 @@ def _protected_paths(config: Config, options: RuntimeOptions, trail: Path) -> tu
     if options.state and options.state != ":memory:":
         paths.append(options.state)
     return tuple(str(Path(p).resolve()) for p in paths)
-
-
-def _secret_files(config: Config) -> list[str]:
-    """Files no agent may reach by any grant: the audit key, and the files
-    credentials are injected from."""
-    files = [config.settings.audit_key_file] if config.settings.audit_key_file else []
-    for ceilings in config.policy.ceilings.values():
-        files += [f for c in ceilings if c.inject is not None for f in c.inject.files]
-    return files
 
 
 def _raise_descriptor_limit() -> None:
@@ -168,7 +159,7 @@ class Runtime:
                     runtime_dir,
                     config.sandboxes,
                     protected=_protected_paths(config, options, self.audit.path),
-                    secrets=_secret_files(config),
+                    secrets=secret_files(config.policy.ceilings, config.settings),
                 )
             except BaseException:
                 self.audit.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from capsup.supervisor.config import ConfigError, load_config
+from capsup.supervisor.config import ConfigError, load_config, parse_config
 
 GOOD = """
 [agents.researcher]
@@ -106,3 +106,31 @@ def test_may_spawn(tmp_path: Path) -> None:
     path.write_text("[agents.a]\nmay_spawn = 'b'\n")
     with pytest.raises(ConfigError, match="may_spawn"):
         load_config(path)
+
+
+def test_a_file_ceiling_may_not_cover_a_secret_file(tmp_path: Path) -> None:
+    """The audit key and a credential's file are the supervisor's alone: a
+    file:// entry above one would let an agent read it through the broker."""
+    project = tmp_path / "project"
+    (project / ".secrets").mkdir(parents=True)
+    token = project / ".secrets" / "token"
+    token.write_text("s3cr3t")
+    token.chmod(0o600)
+    key = project / "audit.key"
+    key.write_text("k" * 40)
+    key.chmod(0o600)
+    http = {
+        "resource": "https://api.example.com",
+        "operations": ["GET"],
+        "inject": {"headers": {"Authorization": f"Bearer ${{file:{token}}}"}},
+    }
+    files = {"resource": f"file://{project}", "operations": ["read"]}
+    with pytest.raises(ConfigError, match=r"covers .*token, which no agent may read"):
+        parse_config({"agents": {"a": {"allow": [http, files]}}})
+    settings = {"audit_key_file": str(key)}
+    with pytest.raises(ConfigError, match=r"covers .*audit.key, which no agent may read"):
+        parse_config({"agents": {"a": {"allow": [files]}}, "supervisor": settings})
+    # A narrower resource, beside them, is fine.
+    (project / "src").mkdir()
+    narrow = {"resource": f"file://{project}/src", "operations": ["read"]}
+    parse_config({"agents": {"a": {"allow": [http, narrow]}}, "supervisor": settings})
