@@ -95,7 +95,9 @@ MAX_TIME_LIMIT: Final = 30.0
 #: what one protocol message carries.
 MAX_BYTES: Final = MAX_MESSAGE_BYTES
 #: Rows fetched at a time while the byte budget is counted.
-_BATCH_ROWS: Final = 256
+#: Rows fetched at a time by default: the byte bound is checked between
+#: batches, so a batch is what may be held beyond it.
+_BATCH_ROWS: Final = 16
 #: What a number or a null is counted as against the byte budget.
 _SCALAR_BYTES: Final = 9
 
@@ -196,7 +198,9 @@ def checked_params(params: Sequence[object]) -> tuple[object, ...]:
 
 
 def capped_rows(
-    fetchmany: Callable[[int], Sequence[Sequence[object]]], limits: QueryLimits
+    fetchmany: Callable[[int], Sequence[Sequence[object]]],
+    limits: QueryLimits,
+    batch_rows: int = _BATCH_ROWS,
 ) -> list[list[object]]:
     """The rows ``fetchmany`` gives, as lists, or a refusal once they exceed ``limits``.
 
@@ -209,7 +213,7 @@ def capped_rows(
     rows: list[list[object]] = []
     size = 0
     while True:
-        wanted = min(_BATCH_ROWS, limits.max_rows + 1 - len(rows))
+        wanted = min(batch_rows, limits.max_rows + 1 - len(rows))
         batch = fetchmany(wanted)
         for row in batch:
             rows.append(list(row))

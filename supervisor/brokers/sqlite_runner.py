@@ -64,6 +64,8 @@ __all__ = ["allowed_functions", "open_database", "run_sqlite"]
 
 #: Virtual-machine steps between two looks at the clock: a few microseconds.
 _CLOCK_STEPS: Final = 1000
+#: Most columns of a result or a table (SQLite's own default is 2,000).
+_MAX_COLUMNS: Final = 128
 
 #: The error code (primary, low byte) of a failed statement -> the refusal's reason.
 #: An authorizer denial is told apart by what the authorizer recorded, and an
@@ -307,6 +309,9 @@ def open_database(path: str, *, read_only: bool) -> sqlite3.Connection:
         raise QueryRefused("unavailable", f"cannot open the database: {error}") from None
     connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_MESSAGE_BYTES)
+    # A row is built whole before it is handed over: its columns times the
+    # longest value is what one row may cost.
+    connection.setlimit(sqlite3.SQLITE_LIMIT_COLUMN, _MAX_COLUMNS)
     connection.execute("PRAGMA trusted_schema = OFF")
     connection.text_factory = _text
     return connection
@@ -378,7 +383,9 @@ def _execute(
     try:
         if cursor.description is None:
             return QueryResult(columns=[], rows=[], rowcount=cursor.rowcount)
-        rows = capped_rows(cursor.fetchmany, limits)
+        # One row at a time (a step of the statement, in this process):
+        # the byte bound is checked after every row, never a batch later.
+        rows = capped_rows(cursor.fetchmany, limits, batch_rows=1)
         columns = [column[0] for column in cursor.description]
         return QueryResult(columns=columns, rows=rows, rowcount=len(rows))
     finally:

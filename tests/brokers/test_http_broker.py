@@ -753,3 +753,18 @@ def test_threads_share_one_broker(broker: HttpBroker, fresh: LocalServer) -> Non
     assert not errors
     assert len(fresh.record.requests) == 80
     assert fresh.record.connections <= 8
+
+
+def test_a_body_in_too_many_pieces_is_refused(broker: HttpBroker, fresh: LocalServer) -> None:
+    """A byte a chunk costs an event and an object each: past MAX_BODY_PIECES
+    the response is refused, though small; a few thousand chunks pass."""
+    fine = broker.exchange(
+        call(local(fresh, "/tiny-chunks?n=4000")), [LOOPBACK], inject={}, limits=LIMITS
+    )
+    assert fine.body == b"x" * 4000
+    with pytest.raises(HttpRefused) as refused:
+        broker.exchange(
+            call(local(fresh, "/tiny-chunks?n=20000")), [LOOPBACK], inject={}, limits=LIMITS
+        )
+    assert refused.value.reason == "protocol_error"
+    assert "pieces" in refused.value.message

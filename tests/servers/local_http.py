@@ -204,6 +204,11 @@ def _reset(handler: _Handler, seen: Seen) -> None:
     handler.close_connection = True
 
 
+def _tiny_chunks(handler: _Handler, seen: Seen) -> None:
+    """``n`` bytes, chunked a byte a chunk."""
+    handler.send_chunked([b"x"] * int(_query(seen)["n"]))
+
+
 def _not_found(handler: _Handler, seen: Seen) -> None:
     handler.send(404, b"no such route")
 
@@ -218,6 +223,7 @@ ROUTES: dict[str, Callable[[_Handler, Seen], None]] = {
     "broken-status": _broken_status,
     "cut": _cut,
     "reset": _reset,
+    "tiny-chunks": _tiny_chunks,
 }
 
 
