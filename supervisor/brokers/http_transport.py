@@ -254,14 +254,12 @@ def send(
                 message = f"the response head is larger than {MAX_RESPONSE_HEAD_BYTES} bytes"
                 raise HttpRefused("response_too_large", message)
             body = bytearray()
-            pieces = 0
             # A chunk is what one read returns (at most 64 KiB), so no more
             # than cap + 64 KiB is read and no more than cap is kept. Into
             # one buffer, and only so many pieces: a body sent a byte per
             # chunk would otherwise cost an object and an event each (the
             # memory and the time, under the lock the loop also needs).
-            for chunk in response.iter_stream():
-                pieces += 1
+            for pieces, chunk in enumerate(response.iter_stream(), 1):
                 if len(body) + len(chunk) > cap:
                     message = f"the response from {host} is larger than {cap} bytes"
                     raise HttpRefused("response_too_large", message)
