@@ -10,8 +10,8 @@ for every broker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, NoReturn
 
 from capsup.agents.capability import Capability
 from capsup.agents.errors import (
@@ -23,9 +23,10 @@ from capsup.agents.errors import (
 )
 from capsup.supervisor.audit_record import MAX_TEXT
 from capsup.supervisor.events import Event, EventType
+from capsup.supervisor.injection import redact
 from capsup.supervisor.principal import Principal
 
-__all__ = ["ERROR_FOR_REASON", "clip", "effect_event", "refusal_error"]
+__all__ = ["ERROR_FOR_REASON", "EffectRecorder", "clip", "effect_event", "refusal_error"]
 
 #: The error class each broker reason reaches the agent as: what the agent
 #: sent is wrong (``bad_request``), what the capability allows was reached
@@ -107,3 +108,61 @@ def effect_event(
         reason,
         detail,
     )
+
+
+class EffectRecorder:
+    """The records of one brokered op's outcome (``http_request``,
+    ``database_query``): done, or refused and raised as the agent gets it.
+    ``detail`` goes into every record; ``secrets`` are redacted from
+    refusal messages (the credentials the op carried)."""
+
+    def __init__(
+        self,
+        event: EventType,
+        op: str,
+        *,
+        principal: Principal,
+        capability_id: str,
+        operation: str,
+        detail: Mapping[str, Any],
+        now: float,
+        trace_id: str,
+        emit: Callable[[Event], None],
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self._event_type = event
+        self._op = op
+        self._principal = principal
+        self._capability_id = capability_id
+        self._operation = operation
+        self._detail = dict(detail)
+        self._secrets = tuple(secrets)
+        self._now = now
+        self._trace_id = trace_id
+        self._emit = emit
+
+    def done(self, cap: Capability, **detail: Any) -> None:
+        self._emit(self._event(None, cap, {"result": "ok", **detail}))
+
+    def refused(self, reason: str, message: str, cap: Capability | None, **detail: Any) -> NoReturn:
+        """Record a refusal or failure, then raise it as the agent gets it."""
+        if self._secrets:
+            message = redact(message, self._secrets)
+        error = refusal_error(self._op, reason, message, cap, self._trace_id)
+        self._emit(
+            self._event(reason, cap, {"result": "refused", "message": error.message, **detail})
+        )
+        raise error
+
+    def _event(self, reason: str | None, cap: Capability | None, detail: dict[str, Any]) -> Event:
+        return effect_event(
+            self._event_type,
+            now=self._now,
+            trace_id=self._trace_id,
+            principal=self._principal,
+            cap=cap,
+            capability_id=self._capability_id,
+            op=self._operation,
+            reason=reason,
+            detail={**self._detail, **detail},
+        )

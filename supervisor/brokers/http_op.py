@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from capsup.agents import protocol as p
 from capsup.agents.capability import Capability
-from capsup.supervisor.brokers.effects import clip, effect_event, refusal_error
+from capsup.supervisor.brokers.effects import EffectRecorder, clip
 from capsup.supervisor.brokers.http import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -67,7 +67,7 @@ class PreparedHttp:
         capability_host: str,
         limits: HttpLimits,
         injection: Injection | None,
-        record: _Recorder,
+        record: EffectRecorder,
         partition: str,
     ) -> None:
         self._kernel = kernel
@@ -122,53 +122,6 @@ class PreparedHttp:
         }
 
 
-class _Recorder:
-    """The ``http_request`` records of one call."""
-
-    def __init__(
-        self,
-        principal: Principal,
-        args: p.HttpArgs,
-        injection: Injection | None,
-        *,
-        now: float,
-        trace_id: str,
-        emit: Callable[[Event], None],
-    ) -> None:
-        self._principal = principal
-        self._args = args
-        self._injected = [name for name, _ in injection.headers] if injection else []
-        self._secrets = injection.secrets if injection else ()
-        self._now = now
-        self._trace_id = trace_id
-        self._emit = emit
-
-    def done(self, cap: Capability, **detail: Any) -> None:
-        self._emit(self._event(None, cap, {"result": "ok", **detail}))
-
-    def refused(self, reason: str, message: str, cap: Capability | None, **detail: Any) -> NoReturn:
-        """Record a refusal or failure, then raise it as the agent gets it."""
-        message = redact(message, self._secrets)
-        error = refusal_error(_OP, reason, message, cap, self._trace_id)
-        self._emit(
-            self._event(reason, cap, {"result": "refused", "message": error.message, **detail})
-        )
-        raise error
-
-    def _event(self, reason: str | None, cap: Capability | None, detail: dict[str, Any]) -> Event:
-        return effect_event(
-            EventType.HTTP_REQUEST,
-            now=self._now,
-            trace_id=self._trace_id,
-            principal=self._principal,
-            cap=cap,
-            capability_id=self._args.capability,
-            op=self._args.method,
-            reason=reason,
-            detail={"url": clip(self._args.url), "injected": self._injected, **detail},
-        )
-
-
 def prepare_http(
     kernel: Kernel,
     broker: HttpBroker,
@@ -192,7 +145,22 @@ def prepare_http(
         trace_id=trace_id,
     )
     injection = kernel.injection(cap.id)
-    record = _Recorder(principal, args, injection, now=now, trace_id=trace_id, emit=emit)
+    record = EffectRecorder(
+        EventType.HTTP_REQUEST,
+        _OP,
+        principal=principal,
+        capability_id=args.capability,
+        operation=args.method,
+        # The names of the headers the policy added, never their values.
+        detail={
+            "url": clip(args.url),
+            "injected": [n for n, _ in injection.headers] if injection else [],
+        },
+        now=now,
+        trace_id=trace_id,
+        emit=emit,
+        secrets=injection.secrets if injection else (),
+    )
     try:
         if not cap.resource.startswith(("http://", "https://")):
             raise HttpRefused("bad_request", f"{cap.id} is not an http(s) capability")

@@ -23,11 +23,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from capsup.agents import protocol as p
 from capsup.agents.capability import Capability
-from capsup.supervisor.brokers.effects import clip, effect_event, refusal_error
+from capsup.supervisor.brokers.effects import EffectRecorder, clip
 from capsup.supervisor.brokers.postgres_runner import run_postgres
 from capsup.supervisor.brokers.sql import QueryLimits, QueryRefused, QueryResult
 from capsup.supervisor.brokers.sqlite_runner import allowed_functions, run_sqlite
@@ -59,7 +59,7 @@ class PreparedQuery:
     """One validated ``query``, ready for a worker."""
 
     def __init__(
-        self, kernel: Kernel, statement: _Statement, cap: Capability, record: _Recorder
+        self, kernel: Kernel, statement: _Statement, cap: Capability, record: EffectRecorder
     ) -> None:
         self._kernel = kernel
         self._statement = statement
@@ -103,56 +103,6 @@ class PreparedQuery:
         return {"columns": outcome.columns, "rows": outcome.rows, "rowcount": outcome.rowcount}
 
 
-class _Recorder:
-    """The ``database_query`` records of one statement."""
-
-    def __init__(
-        self,
-        principal: Principal,
-        args: p.QueryArgs,
-        operation: str,
-        *,
-        now: float,
-        trace_id: str,
-        emit: Callable[[Event], None],
-    ) -> None:
-        self._principal = principal
-        self._args = args
-        self._operation = operation
-        self._now = now
-        self._trace_id = trace_id
-        self._emit = emit
-
-    def done(self, cap: Capability, **detail: Any) -> None:
-        self._emit(self._event(None, cap, {"result": "ok", **detail}))
-
-    def refused(self, reason: str, message: str, cap: Capability | None, **detail: Any) -> NoReturn:
-        """Record a refusal or failure, then raise it as the agent gets it."""
-        error = refusal_error(_OP, reason, message, cap, self._trace_id)
-        self._emit(
-            self._event(reason, cap, {"result": "refused", "message": error.message, **detail})
-        )
-        raise error
-
-    def _event(self, reason: str | None, cap: Capability | None, detail: dict[str, Any]) -> Event:
-        return effect_event(
-            EventType.DATABASE_QUERY,
-            now=self._now,
-            trace_id=self._trace_id,
-            principal=self._principal,
-            cap=cap,
-            capability_id=self._args.capability,
-            op=self._operation,
-            reason=reason,
-            detail={
-                "database": clip(self._args.resource),
-                "statement": clip(self._args.statement),
-                "params": len(self._args.params),
-                **detail,
-            },
-        )
-
-
 def prepare_query(
     kernel: Kernel,
     databases: Mapping[str, DatabaseConfig],
@@ -185,7 +135,22 @@ def prepare_query(
         now=now,
         trace_id=trace_id,
     )
-    record = _Recorder(principal, args, operation, now=now, trace_id=trace_id, emit=emit)
+    record = EffectRecorder(
+        EventType.DATABASE_QUERY,
+        _OP,
+        principal=principal,
+        capability_id=args.capability,
+        operation=operation,
+        # The statement clipped; the parameters counted, never shown.
+        detail={
+            "database": clip(args.resource),
+            "statement": clip(args.statement),
+            "params": len(args.params),
+        },
+        now=now,
+        trace_id=trace_id,
+        emit=emit,
+    )
     if database is None:  # the validator knows only configured databases: not expected
         record.refused("unavailable", f"no database {clip(args.resource, 100)!r}", cap)
     tables = cap.constraints.get("tables")
