@@ -27,7 +27,6 @@ import fcntl
 import hmac
 import os
 import random
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from capsup.supervisor.audit_verify import (
     verify,
 )
 from capsup.supervisor.events import Event, EventType
+from capsup.supervisor.secret_file import SecretFileError, read_secret_file
 
 __all__ = [
     "GENESIS",
@@ -585,22 +585,9 @@ def read_key_file(path: str | Path) -> bytes:
     unless it is a regular file (not a symlink) that only its owner may read,
     of 32 to 4096 bytes: a key others can read proves nothing."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        raise AuditUnavailable(f"cannot open the audit key {path}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise AuditUnavailable(f"the audit key {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise AuditUnavailable(
-                f"the audit key {path} may be read by others (mode {info.st_mode & 0o777:o}): "
-                f"chmod 600 {path}"
-            )
-        data = os.read(fd, MAX_KEY_BYTES + 2)
-    finally:
-        os.close(fd)
-    key = data[:-1] if data.endswith(b"\n") else data
+        key = read_secret_file(str(path), MAX_KEY_BYTES)
+    except SecretFileError as error:
+        raise AuditUnavailable(f"the audit key {path} {error}") from None
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
         raise AuditUnavailable(
             f"the audit key {path} holds {len(key)} bytes; it needs {MIN_KEY_BYTES} to "

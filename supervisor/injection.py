@@ -21,16 +21,14 @@ failed, and never a resolved value.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import AnyStr, Final, overload
 
 from capsup.supervisor.brokers.http_checks import HttpRefused, check_header_pairs
+from capsup.supervisor.secret_file import SecretFileError, read_secret_file
 
 __all__ = [
     "MAX_INJECTED_BYTES",
@@ -247,35 +245,10 @@ def _read_file(path: str, key: str) -> str:
     so that the policy names the file that holds the secret, not a pointer
     to wherever it leads when the supervisor starts."""
     placeholder = f"${{file:{path}}}"
-    if not path.startswith("/") or "\0" in path:
-        raise InjectionError(f"{key}: {placeholder} must name an absolute path")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as error:
-        if error.errno == errno.ELOOP and Path(path).is_symlink():
-            raise InjectionError(
-                f"{key}: {placeholder} is a symlink; name the file it points to"
-                " (a link could be pointed elsewhere before the supervisor starts)"
-            ) from None
-        raise InjectionError(f"{key}: cannot open {placeholder}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InjectionError(f"{key}: {placeholder} is not a regular file")
-        if info.st_mode & 0o077:
-            raise InjectionError(
-                f"{key}: {placeholder} may be read or written by others "
-                f"(mode {info.st_mode & 0o777:o}): chmod 600 {path}"
-            )
-        data = os.read(fd, MAX_INJECTED_BYTES + 2)
-    except OSError as error:
-        raise InjectionError(f"{key}: cannot read {placeholder}: {error.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_INJECTED_BYTES + 1:
-        raise InjectionError(f"{key}: {placeholder} holds more than {MAX_INJECTED_BYTES} bytes")
-    if data.endswith(b"\n"):
-        data = data[:-1]
+        data = read_secret_file(path, MAX_INJECTED_BYTES)
+    except SecretFileError as error:
+        raise InjectionError(f"{key}: {placeholder} {error}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:  # its message would quote a byte of the file

@@ -106,7 +106,7 @@ def test_file_loses_one_trailing_newline_only(tmp_path: Path) -> None:
         ("${env}", "a '\\$' at offset 0 must start"),
         ("cost: 5$", "a '\\$' at offset 7 must start"),
         ("${env:1BAD}", "does not name a variable"),
-        ("${file:relative/path}", "must name an absolute path"),
+        ("${file:relative/path}", "must be an absolute path"),
     ],
 )
 def test_malformed_templates_are_refused(token: str, template: str, says: str) -> None:
@@ -156,7 +156,9 @@ def test_a_file_others_may_reach_is_refused(tmp_path: Path, mode: int) -> None:
 
 def test_unreadable_files_are_named(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
-    with pytest.raises(InjectionError, match=f"cannot open \\$\\{{file:{missing}\\}}: No such"):
+    with pytest.raises(
+        InjectionError, match=f"\\$\\{{file:{missing}\\}} cannot be opened: No such"
+    ):
         inject(headers(Key=f"${{file:{missing}}}"))
     directory = tmp_path / "dir"
     directory.mkdir(mode=0o700)
