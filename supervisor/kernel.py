@@ -699,76 +699,64 @@ class Kernel:
         if not ids:
             return
         with _collector_paused(len(ids)):
-            self._end_all(ids, state, now, trace_id, principal, cause)
-
-    def _end_all(
-        self,
-        ids: list[str],
-        state: EndState,
-        now: float,
-        trace_id: str,
-        principal: Principal | None,
-        cause: str,
-    ) -> None:
-        stored: Exception | None = None
-        try:
-            self._store.end(ids, state, now)
-        except Exception as error:  # any failure: the capabilities still go
-            stored = error
-        ending: set[str] = set(ids)
-        tombstone = Tombstone(state, now)  # immutable, so one serves them all
-        ended = []
-        for cap_id in ids:
-            cap = self._live.pop(cap_id)
-            ended.append(cap)
-            self._tombstones[cap_id] = tombstone
-            held = self._by_holder.get(cap.holder)
-            if held is not None:
-                held.discard(cap_id)
-                if not held:
-                    del self._by_holder[cap.holder]
-            self._children.pop(cap_id, None)
-            # Within a subtree the parent's list goes as a whole; only a root's
-            # entry in a surviving parent's list needs removing.
-            if cap.parent_id is not None and cap.parent_id not in ending:
-                siblings = self._children[cap.parent_id]
-                siblings.remove(cap_id)
-                if not siblings:
-                    del self._children[cap.parent_id]
-            self._buckets.pop(cap_id, None)
-            self._checks.pop(cap_id, None)
-            self._injections.pop(cap_id, None)
-        for _ in range(len(self._tombstones) - self._max_tombstones):
-            self._tombstones.popitem(last=False)
-        if self._sink is not None:
-            event = (
-                EventType.CAPABILITY_REVOKED if state == "revoked" else EventType.CAPABILITY_EXPIRED
-            )
-            # The first record of a cascade says how large it was (for the
-            # cascade-size histogram); the rest name the capability it
-            # started from, and all share the revocation's trace id. One
-            # batch: one write and one kept head for the whole cascade.
-            first = {"cascade_size": len(ids)}
-            rest = {"cascade_of": ids[0]}
-            record_all(
-                self._sink,
-                [
-                    _cap_event(
-                        event,
-                        cap,
-                        now,
-                        trace_id,
-                        principal,
-                        cause=cause,
-                        **(first if cap.id == ids[0] else rest),
-                    )
-                    for cap in ended
-                ],
-            )
-        if stored is not None:
-            raise InternalError(
-                f"the state store refused the write: {stored}", trace_id=trace_id
-            ) from stored
+            stored: Exception | None = None
+            try:
+                self._store.end(ids, state, now)
+            except Exception as error:  # any failure: the capabilities still go
+                stored = error
+            ending: set[str] = set(ids)
+            tombstone = Tombstone(state, now)  # immutable, so one serves them all
+            ended = []
+            for cap_id in ids:
+                cap = self._live.pop(cap_id)
+                ended.append(cap)
+                self._tombstones[cap_id] = tombstone
+                held = self._by_holder.get(cap.holder)
+                if held is not None:
+                    held.discard(cap_id)
+                    if not held:
+                        del self._by_holder[cap.holder]
+                self._children.pop(cap_id, None)
+                # Within a subtree the parent's list goes as a whole; only a root's
+                # entry in a surviving parent's list needs removing.
+                if cap.parent_id is not None and cap.parent_id not in ending:
+                    siblings = self._children[cap.parent_id]
+                    siblings.remove(cap_id)
+                    if not siblings:
+                        del self._children[cap.parent_id]
+                self._buckets.pop(cap_id, None)
+                self._checks.pop(cap_id, None)
+                self._injections.pop(cap_id, None)
+            for _ in range(len(self._tombstones) - self._max_tombstones):
+                self._tombstones.popitem(last=False)
+            if self._sink is not None:
+                revoked = state == "revoked"
+                event = EventType.CAPABILITY_REVOKED if revoked else EventType.CAPABILITY_EXPIRED
+                # The first record of a cascade says how large it was (for the
+                # cascade-size histogram); the rest name the capability it
+                # started from, and all share the revocation's trace id. One
+                # batch: one write and one kept head for the whole cascade.
+                first = {"cascade_size": len(ids)}
+                rest = {"cascade_of": ids[0]}
+                record_all(
+                    self._sink,
+                    [
+                        _cap_event(
+                            event,
+                            cap,
+                            now,
+                            trace_id,
+                            principal,
+                            cause=cause,
+                            **(first if cap.id == ids[0] else rest),
+                        )
+                        for cap in ended
+                    ],
+                )
+            if stored is not None:
+                raise InternalError(
+                    f"the state store refused the write: {stored}", trace_id=trace_id
+                ) from stored
 
     def _prune(self, before: float) -> None:
         self._store.prune_tombstones(before, keep=self._max_tombstones)
