@@ -34,9 +34,7 @@ from capsup.supervisor.brokers.sql import (
 )
 from capsup.supervisor.brokers.sqlite_runner import allowed_functions, open_database, run_sqlite
 from capsup.validators.sql_scope import Analysis, analyze
-from postgres_server import PostgresServer, postgres
-
-__all__ = ["postgres"]
+from postgres_server import PostgresServer
 
 SELECT = frozenset({"select"})
 ALL = frozenset({"select", "insert", "update", "delete"})

@@ -26,10 +26,8 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
-from postgres_server import PostgresServer, postgres
+from postgres_server import PostgresServer
 from runner import CAPSUP, read_audit, write_agent
-
-__all__ = ["postgres"]
 
 #: The agent: ``plan.json`` names the capabilities to ask for and the steps;
 #: the outcomes go to ``OUT/outcomes.json`` (and stdout, which the tests
