@@ -232,18 +232,21 @@ class Kernel:
         """Grant every request or none: one denial denies the whole plan."""
         granted: list[tuple[Capability, Ceiling]] = []
         self._check_quota(principal, principal.id, len(requests), now, trace_id)
-        for request in requests:
-            self._emit(
-                Event(
-                    EventType.CAPABILITY_REQUESTED,
-                    now,
-                    trace_id,
-                    principal.id,
-                    principal.pid,
-                    resource=_clip(request.resource),
-                    operation=_clip(request.operations),
-                )
+        # The records of the requests, then of the grants, in one batch (one
+        # write of the trail); a refusal writes the requests before its own.
+        records = [
+            Event(
+                EventType.CAPABILITY_REQUESTED,
+                now,
+                trace_id,
+                principal.id,
+                principal.pid,
+                resource=_clip(request.resource),
+                operation=_clip(request.operations),
             )
+            for request in requests
+        ]
+        for i, request in enumerate(requests):
             try:
                 granted.append(
                     grant_within(
@@ -254,7 +257,10 @@ class Kernel:
                         now,
                     )
                 )
-            except CapsupError as error:
+            except BaseException as error:
+                self._record_all(records[: i + 1])
+                if not isinstance(error, CapsupError):
+                    raise
                 self._refuse(
                     error,
                     EventType.CAPABILITY_DENIED,
@@ -268,12 +274,10 @@ class Kernel:
         # nothing is granted (fail closed); a crash between the two leaves a
         # record of a grant that never took effect, never an unrecorded one.
         caps = [cap for cap, _ in granted]
-        if self._sink is not None:
-            granted_events = [
-                _cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal)
-                for cap in caps
-            ]
-            record_all(self._sink, granted_events)
+        records += [
+            _cap_event(EventType.CAPABILITY_GRANTED, cap, now, trace_id, principal) for cap in caps
+        ]
+        self._record_all(records)
         self._persist_new(caps, trace_id)
         for cap, ceiling in granted:
             bucket = self._ceiling_bucket(principal.id, ceiling, now)
@@ -816,6 +820,10 @@ class Kernel:
     def _emit(self, event: Event) -> None:
         if self._sink is not None:
             self._sink(event)
+
+    def _record_all(self, events: Sequence[Event]) -> None:
+        if self._sink is not None:
+            record_all(self._sink, events)
 
 
 #: Work on this many capabilities at once (a cascade, a load) pauses the
