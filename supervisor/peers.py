@@ -44,7 +44,7 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import zmq
@@ -81,10 +81,12 @@ class ConnectionBudget:
 
 @dataclass(frozen=True, slots=True)
 class RefusedConnection:
-    """A connection shut down for going past a bound (for the trail)."""
+    """A connection shut down for going past a bound, or (``stranger``)
+    because its process may not connect there at all (for the trail)."""
 
     pid: int | None
     reason: str
+    stranger: bool = False
 
 
 class AcceptedConnections:
@@ -100,6 +102,7 @@ class AcceptedConnections:
         router: zmq.Socket[bytes],
         endpoint: str,
         budget: ConnectionBudget,
+        admits: Callable[[int | None], bool] | None = None,
     ) -> None:
         address = f"inproc://capsup-accepted-{id(router):x}"
         router.monitor(address, _EVENTS)
@@ -110,6 +113,10 @@ class AcceptedConnections:
         self.router = router
         self._path = endpoint.removeprefix("ipc://").encode()[:_SUN_PATH_MAX]
         self._budget = budget
+        #: Which connecting processes may hold a connection here at all
+        #: (an agent's own endpoint: the supervisor, for the agent); others
+        #: are shut down as soon as they are accepted, handshake or not.
+        self._admits = admits
         #: accepted descriptor -> the pid its peer had at connect()
         self._peer: dict[int, int] = {}
         #: pid -> its accepted descriptors
@@ -143,6 +150,9 @@ class AcceptedConnections:
             return None  # closed already, and its number reused
         pid = _peer_pid(fd)
         held = self._by_pid.get(pid, ()) if pid is not None else ()
+        if self._admits is not None and not self._admits(pid):
+            _libc.shutdown(fd, socket.SHUT_RDWR)
+            return RefusedConnection(pid, "a process that is not this agent", stranger=True)
         if pid is None:
             reason = "the kernel does not say which process connected"
         elif len(held) >= self._budget.per_peer:

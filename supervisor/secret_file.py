@@ -15,7 +15,11 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["SecretFileError", "read_secret_file"]
+__all__ = ["SecretFileError", "is_secret", "read_secret_file"]
+
+#: (device, inode) of every secret read: the file broker refuses to open any
+#: of them, whatever name reaches it (a hard link made after start-up).
+_SECRETS: set[tuple[int, int]] = set()
 
 
 class SecretFileError(ValueError):
@@ -42,6 +46,11 @@ def read_secret_file(path: str, limit: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SecretFileError("is not a regular file")
+        if info.st_nlink != 1:
+            raise SecretFileError(
+                f"has {info.st_nlink} names (hard links): one may lie where an agent can read "
+                "it; keep the secret under one name"
+            )
         if info.st_mode & 0o077:
             raise SecretFileError(
                 f"may be read or written by others (mode {info.st_mode & 0o777:o}): "
@@ -56,4 +65,10 @@ def read_secret_file(path: str, limit: int) -> bytes:
         data = data[:-1]
     if len(data) > limit:
         raise SecretFileError(f"holds more than {limit} bytes")
+    _SECRETS.add((info.st_dev, info.st_ino))
     return data
+
+
+def is_secret(info: os.stat_result) -> bool:
+    """Whether ``info`` is of a file this process read as a secret."""
+    return (info.st_dev, info.st_ino) in _SECRETS

@@ -68,6 +68,13 @@ _BATCH = 64
 _MAX_QUEUED_REFUSALS = 1024
 #: How long a peer has to complete the ZeroMQ handshake, in milliseconds.
 _HANDSHAKE_MS = 2000
+#: Descriptors kept for the loop's own use (the trail, the store, metrics,
+#: a spawn's pipes), which neither connections nor agents may take.
+_DESCRIPTOR_RESERVE = 128
+#: Descriptors one running agent costs the supervisor, from above: a pidfd,
+#: its control and descriptor sockets, its endpoint and that endpoint's
+#: monitor, the connect broker's listener and thread, its cgroup's files.
+_AGENT_DESCRIPTORS = 8
 #: How far past ``max_message_bytes`` a message may go and still be read
 #: (to be answered ``message_too_large``) rather than dropped by libzmq.
 _MESSAGE_SLACK = 64 << 10
@@ -162,13 +169,15 @@ class Server:
         #: agent whose own endpoint it is (None for the shared one).
         self._ledgers: dict[zmq.Socket[bytes], tuple[AcceptedConnections, AgentProcess | None]] = {}
         # Connections cost a descriptor each, and libzmq aborts the process
-        # when accept() meets EMFILE: half of what the process may open is
-        # the most they may take, whatever the setting says.
-        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._connections = ConnectionBudget(
-            total=max(1, min(max_connections, soft_limit // 2)),
-            per_peer=max_connections_per_peer,
-        )
+        # when accept() meets EMFILE. Two budgets, so that strangers holding
+        # every connection the shared endpoint allows cannot keep a confined
+        # agent from connecting to its own; their size follows the agents
+        # running (_rebudget).
+        self._soft_descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._max_connections = max_connections
+        self._connections = ConnectionBudget(total=1, per_peer=max_connections_per_peer)
+        self._agent_connections = ConnectionBudget(total=1, per_peer=max_connections_per_peer)
+        self._rebudget()
         #: The socket whose messages are being served (replies go there).
         self._serving: zmq.Socket[bytes] | None = None
         #: Refusals the connect brokers' threads made, for the loop to record
@@ -238,7 +247,16 @@ class Server:
         accepted: AcceptedConnections | None = None
         try:
             # Watched before it is bound: no connection goes uncounted.
-            accepted = AcceptedConnections(self._context, sock, endpoint, self._connections)
+            if domain == b"capsup":
+                accepted = AcceptedConnections(self._context, sock, endpoint, self._connections)
+            else:
+                accepted = AcceptedConnections(
+                    self._context,
+                    sock,
+                    endpoint,
+                    self._agent_connections,
+                    admits=lambda pid: self._agent_endpoint_user(domain, pid) is not None,
+                )
             sock.setsockopt(zmq.ZAP_DOMAIN, domain)
             sock.setsockopt(zmq.LINGER, 0)
             # Messages a little over the limit get a message_too_large reply;
@@ -319,6 +337,7 @@ class Server:
             parent=parent.agent_id if parent else None,
         )
         self._poller.register(agent.pidfd, zmq.POLLIN)
+        self._rebudget()
         try:
             self._record_start(agent, argv, trace_id)
         except Exception:
@@ -381,6 +400,7 @@ class Server:
             self._answer(waiter, {"exit_code": returncode})
         self._peers = {k: v for k, v in self._peers.items() if v.agent is not agent}
         self._release(agent)
+        self._rebudget()
         for child_id in list(agent.children):
             finished = self.processes.get(child_id)
             if finished is not None and not finished.running:
@@ -619,10 +639,16 @@ class Server:
             confinement.enforced = enforced[:32]
             if fds and "seccomp" in confinement.enforced:
                 listener = fds.pop(0)
-                confinement.serve_connects(
-                    listener,
-                    lambda pid, path, reason: self._connect_refused(agent, pid, path, reason),
-                )
+                try:
+                    confinement.serve_connects(
+                        listener,
+                        lambda pid, path, reason: self._connect_refused(agent, pid, path, reason),
+                    )
+                except OSError as error:
+                    # Without its connect broker the agent reaches nothing,
+                    # and waits: stop it (its exit comes through its pidfd).
+                    _tell_operator(f"cannot broker agent {agent.agent_id}'s connects", error)
+                    self.processes.send_signal(agent, signal.SIGKILL)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -949,23 +975,34 @@ class Server:
                 [version, request_id, status, b"OK" if status == b"200" else b"refused", user, b""]
             )
 
+    def _agent_endpoint_user(self, domain: bytes, pid: int | None) -> bytes | None:
+        """The User-Id of a connection from ``pid`` to the agent's own
+        endpoint (its ZAP domain is the agent id), or None for a process
+        that may not connect there: only the supervisor, whose connect()
+        it performs for the agent, or the agent itself where its connect()
+        is its own (no seccomp in its plan: best-effort on a kernel
+        without it)."""
+        owner = self.processes.get(domain.decode("ascii", "replace"))
+        if owner is None or not owner.running or owner.confinement is None:
+            return None
+        if pid == os.getpid():
+            return f"{owner.agent_id}|{owner.pid}".encode()
+        brokered = owner.confinement.plan.seccomp
+        if pid is not None and not brokered and self.processes.identify(pid) is owner:
+            return f"{owner.agent_id}|{pid}".encode()
+        return None
+
     def _judge_connection(self, domain: bytes, pid: int | None) -> tuple[bytes, bytes]:
         """The ZAP status and User-Id (``AGENT_ID|PID``, the id empty for
         nobody) of a new connection."""
         if domain != b"capsup":
-            owner = self.processes.get(domain.decode("ascii", "replace"))
-            if owner is not None and owner.running and owner.confinement is not None:
-                if pid == os.getpid():
-                    return b"200", f"{owner.agent_id}|{owner.pid}".encode()
-                # Not brokered: only an agent whose connect() is its own
-                # (seccomp is not in its plan: best-effort on a kernel
-                # without it) may come directly.
-                brokered = owner.confinement.plan.seccomp
-                if pid is not None and not brokered and self.processes.identify(pid) is owner:
-                    return b"200", f"{owner.agent_id}|{pid}".encode()
+            user = self._agent_endpoint_user(domain, pid)
+            if user is not None:
+                return b"200", user
             # Anyone else is refused outright, not let in as nobody: nobody
             # has business there, and a connection let in could take the
             # routing id of one the agent closed (and a reply meant for it).
+            # (Its connection was most likely shut down when accepted.)
             error = Unauthenticated(
                 "a process that is not this agent connected to the agent's own endpoint"
             )
@@ -1064,6 +1101,10 @@ class Server:
         if self.processes.running_count >= self._max_agents:
             quota = f"{self._max_agents} agents run already ([supervisor] max_agents)"
             self._refuse(SpawnFailed(quota), peer, "spawn", trace_id)
+        free = self._soft_descriptors - _open_descriptors()
+        if free < _DESCRIPTOR_RESERVE:
+            short = f"the supervisor has {free} descriptors left; an agent needs some of its own"
+            self._refuse(SpawnFailed(short), peer, "spawn", trace_id)
         live = sum(1 for c in map(self.processes.get, peer.agent.children) if c and c.running)
         if live >= self._max_sub_agents:
             quota = f"this agent has {live} live sub-agents ([supervisor] max_sub_agents)"
@@ -1169,6 +1210,21 @@ class Server:
         if self._sink is not None:
             self._sink(event)
 
+    def _rebudget(self) -> None:
+        """Size the connection budgets to the descriptors the agents leave.
+
+        Of what the process may open, a reserve is kept for the loop and
+        each running agent's own descriptors are set aside; a quarter of the
+        rest is the most either budget may take (and never more than
+        ``max_connections``), so that half of it stays free for connections
+        libzmq accepts before the loop sees them. Called when an agent
+        starts or ends; a budget that shrinks below what is held refuses
+        new connections until enough have closed."""
+        agents = self.processes.running_count
+        left = self._soft_descriptors - _DESCRIPTOR_RESERVE - _AGENT_DESCRIPTORS * agents
+        total = max(1, min(self._max_connections, left // 4))
+        self._connections.total = self._agent_connections.total = total
+
     def _close_router(self, router: zmq.Socket[bytes]) -> None:
         """Close a ROUTER and stop watching its connections."""
         for monitor, (accepted, _) in list(self._ledgers.items()):
@@ -1183,14 +1239,25 @@ class Server:
         shut down for going past a bound (through the refusal budget)."""
         accepted, owner = self._ledgers[monitor]
         for refused in accepted.drain():
-            error = NotAuthorized(f"connection refused: {refused.reason}")
+            error: CapsupError
+            if refused.stranger:
+                error = Unauthenticated(f"connection to an agent's own endpoint: {refused.reason}")
+            else:
+                error = NotAuthorized(f"connection refused: {refused.reason}")
+            kind = (
+                ViolationKind.UNAUTHENTICATED
+                if refused.stranger
+                else ViolationKind.TOO_MANY_CONNECTIONS
+            )
             with self._reported("recording a refused connection"):
                 self._violation(
-                    ViolationKind.TOO_MANY_CONNECTIONS,
+                    kind,
                     error,
                     new_trace_id(),
                     pid=refused.pid,
-                    principal=owner.agent_id if owner is not None else None,
+                    # A stranger is nobody; the agent's own connections past a
+                    # bound are the agent's.
+                    principal=None if refused.stranger or owner is None else owner.agent_id,
                 )
 
     def close(self) -> None:
@@ -1303,6 +1370,15 @@ def _peer_pid(address: str) -> int | None:
         return None
     uid, pid = int(parts[1]), int(parts[3])
     return pid if uid == os.getuid() and pid > 0 else None
+
+
+def _open_descriptors() -> int:
+    """How many descriptors the process holds now (a spawn is rare enough
+    to count them)."""
+    try:
+        return sum(1 for _ in Path("/proc/self/fd").iterdir())
+    except OSError:
+        return 0
 
 
 def exit_code_of(agent: AgentProcess) -> int:

@@ -43,6 +43,7 @@ from capsup.supervisor.brokers.effects import clip, effect_event
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.kernel import Kernel
 from capsup.supervisor.principal import Principal
+from capsup.supervisor.secret_file import is_secret
 from capsup.validators import FilesystemValidator, Use
 from capsup.validators.filesystem import TargetError, parse_target
 from capsup.validators.openat2 import (
@@ -106,6 +107,7 @@ REASONS: Final = frozenset(
         "resource_changed",
         "bad_target",
         "validator_error",
+        "secret_file",
     }
 )
 
@@ -455,6 +457,8 @@ def _open_file(use: _Use, mode: _Mode, size: int | None = None) -> int:
         try:
             info = os.fstat(held)
             _require_regular(info)
+            if is_secret(info):
+                raise _Refused("secret_file", "the file is one of the supervisor's secrets")
             if mode.writes and info.st_nlink > 1:
                 raise _Refused(
                     "hard_link", f"the file has {info.st_nlink} names: one may lie outside"

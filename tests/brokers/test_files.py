@@ -21,6 +21,7 @@ from capsup.agents import protocol as p
 from capsup.agents.errors import ConstraintViolation, OperationNotAllowed
 from capsup.supervisor.brokers import files
 from capsup.supervisor.events import EventType
+from capsup.supervisor.secret_file import SecretFileError, read_secret_file
 from capsup.validators.openat2 import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, openat2
 
 OPEN_FLAGS = {
@@ -419,6 +420,23 @@ def test_writes_through_a_hard_link_are_refused(world: World) -> None:
     assert (world.outside / "secret").read_bytes() == b"SECRET"
     # The same write to a file with one name works (proof the check is on links).
     assert world.write(cap, world.ws / "a.txt", b"fine") == {"written": 4}
+
+
+def test_a_secret_is_refused_under_any_name(world: World) -> None:
+    """The supervisor's secrets (the audit key, injected credentials) are
+    known by inode: a hard link made after they were read, inside a granted
+    directory, reaches no agent (and a secret with two names is not read)."""
+    key = world.outside / "audit.key"
+    key.write_text("k" * 40)
+    key.chmod(0o600)
+    assert read_secret_file(str(key), 4096) == b"k" * 40
+    os.link(key, world.ws / "innocent.txt")
+    cap = world.grant(["read"])
+    refused("secret_file", world.read, cap, world.ws / "innocent.txt")
+    refused("secret_file", world.open, cap, world.ws / "innocent.txt", "r")
+    with pytest.raises(SecretFileError, match="has 2 names"):
+        read_secret_file(str(key), 4096)
+    assert world.read(cap, world.ws / "a.txt")["data"] == b"hello"
 
 
 def test_max_bytes_on_read(world: World) -> None:

@@ -91,10 +91,16 @@ def _finish(root: Path, proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+def _shared(agent_endpoint: str) -> str:
+    """The supervisor's shared endpoint, beside the agents' own
+    (``RUNTIME/agents/N.sock`` and ``RUNTIME/capsup.sock``)."""
+    return str(Path(agent_endpoint.removeprefix("ipc://")).parents[1] / "capsup.sock")
+
+
 def test_connections_per_process_are_bounded(tmp_path: Path) -> None:
     proc = _start(tmp_path, "max_connections_per_peer = 8")
     try:
-        endpoint = (tmp_path / "endpoint").read_text()
+        endpoint = _shared((tmp_path / "endpoint").read_text())
         [(pid, connected, still_open)] = _strangers(endpoint, 1, 20)
     finally:
         code, err = _finish(tmp_path, proc)
@@ -111,22 +117,45 @@ def test_connections_per_process_are_bounded(tmp_path: Path) -> None:
 
 
 def test_a_flood_past_the_descriptor_limit_leaves_the_supervisor_up(tmp_path: Path) -> None:
-    """The supervisor may open 512 descriptors, so it takes at most 256
-    connections; fifteen strangers try 600 that stall their handshakes. Without
-    the bounds, accept() would meet EMFILE and libzmq would abort it."""
+    """The supervisor may open 512 descriptors, so the shared endpoint takes
+    at most 128 connections; fifteen strangers try 600 that stall their
+    handshakes. Without the bounds, accept() would meet EMFILE and libzmq
+    would abort it. The agent meanwhile can still connect to its own
+    endpoint, whose connections are counted apart."""
     proc = _start(tmp_path, "", nofile=512)
     try:
-        endpoint = (tmp_path / "endpoint").read_text()
-        results = _strangers(endpoint, 15, 40)
+        agent_endpoint = (tmp_path / "endpoint").read_text()
+        results = _strangers(_shared(agent_endpoint), 15, 40)
         assert proc.poll() is None, "the supervisor died under the flood"
     finally:
         code, err = _finish(tmp_path, proc)
     assert code == 0, err
-    assert sum(connected for _, connected, _ in results) > 256  # more than it may take
-    assert sum(still_open for _, _, still_open in results) <= 256
+    assert sum(connected for _, connected, _ in results) > 512  # more than it may open
+    assert sum(still_open for _, _, still_open in results) <= 128
     assert all(still_open <= 32 for _, _, still_open in results)  # the per-process bound
     trail = read_audit(tmp_path / "audit.jsonl")
     assert [r for r in trail if r["event"] == "agent_terminated"]
     kinds = {r["detail"].get("kind") for r in trail if r["event"] == "security_violation"}
     assert "too_many_connections" in kinds
     assert os.path.exists(tmp_path / "endpoint")
+
+
+def test_strangers_are_shut_out_of_an_agents_own_endpoint(tmp_path: Path) -> None:
+    """Only the supervisor connects to a confined agent's own endpoint (it
+    makes the agent's connect() for it): anyone else's connection is shut
+    down as soon as it is accepted, before any handshake, so strangers can
+    neither hold its slots nor stall there."""
+    proc = _start(tmp_path, "")
+    try:
+        endpoint = (tmp_path / "endpoint").read_text()
+        [(pid, connected, still_open)] = _strangers(endpoint, 1, 20)
+    finally:
+        code, err = _finish(tmp_path, proc)
+    assert code == 0, err
+    assert (connected, still_open) == (20, 0)
+    refused = [
+        r
+        for r in read_audit(tmp_path / "audit.jsonl")
+        if r["event"] == "security_violation" and r["detail"]["kind"] == "unauthenticated"
+    ]
+    assert refused and all(r["pid"] == pid and r["principal"] is None for r in refused)
