@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import os
 import signal
 import socket
@@ -62,6 +63,7 @@ _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 _SUN_PATH_MAX = 108
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_MONITOR_NAMES = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -104,7 +106,9 @@ class AcceptedConnections:
         budget: ConnectionBudget,
         admits: Callable[[int | None], bool] | None = None,
     ) -> None:
-        address = f"inproc://capsup-accepted-{id(router):x}"
+        # A name never used before: libzmq lets go of a closed monitor's
+        # inproc name only later, and an object's id() is soon another's.
+        address = f"inproc://capsup-accepted-{os.getpid()}-{next(_MONITOR_NAMES)}"
         router.monitor(address, _EVENTS)
         self.monitor: zmq.Socket[bytes] = context.socket(zmq.PAIR)
         self.monitor.setsockopt(zmq.LINGER, 0)
