@@ -75,6 +75,8 @@ _DESCRIPTOR_RESERVE = 128
 #: its control and descriptor sockets, its endpoint and that endpoint's
 #: monitor, the connect broker's listener and thread, its cgroup's files.
 _AGENT_DESCRIPTORS = 8
+#: The largest message the shared endpoint reads when agents are confined.
+_STRANGER_MESSAGE_BYTES = 64 << 10
 #: How far past ``max_message_bytes`` a message may go and still be read
 #: (to be answered ``message_too_large``) rather than dropped by libzmq.
 _MESSAGE_SLACK = 64 << 10
@@ -264,7 +266,7 @@ class Server:
             # before it is ever buffered whole. It also bounds what a peer
             # that stalls in the middle of a message makes the supervisor
             # hold: one such message per connection.
-            sock.setsockopt(zmq.MAXMSGSIZE, self._max_bytes + _MESSAGE_SLACK)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._largest_message(domain))
             # Bound what one peer can make the supervisor buffer before it is read.
             sock.setsockopt(zmq.RCVHWM, 64)
             # A reply to a peer that vanished is dropped silently, not an error.
@@ -1209,6 +1211,21 @@ class Server:
     def _emit(self, event: Event) -> None:
         if self._sink is not None:
             self._sink(event)
+
+    def _largest_message(self, domain: bytes) -> int:
+        """What a ROUTER reads of one message before libzmq drops its sender.
+
+        Agents' own endpoints, and the shared one when agents run
+        unconfined (they speak there), take ``max_message_bytes`` and a
+        little more (answered ``message_too_large``). When agents are
+        confined, no agent speaks on the shared endpoint: only processes
+        that are not agents reach it, and all they get is
+        ``unauthenticated``, so it takes 64 KiB. A stranger then cannot make
+        the supervisor take in a megabyte per message, nor hold one per
+        stalled connection."""
+        if domain == b"capsup" and self.processes.confiner is not None:
+            return _STRANGER_MESSAGE_BYTES
+        return self._max_bytes + _MESSAGE_SLACK
 
     def _rebudget(self) -> None:
         """Size the connection budgets to the descriptors the agents leave.

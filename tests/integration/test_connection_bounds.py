@@ -159,3 +159,30 @@ def test_strangers_are_shut_out_of_an_agents_own_endpoint(tmp_path: Path) -> Non
         if r["event"] == "security_violation" and r["detail"]["kind"] == "unauthenticated"
     ]
     assert refused and all(r["pid"] == pid and r["principal"] is None for r in refused)
+
+
+def test_the_shared_endpoint_takes_no_large_message_when_agents_are_confined(
+    tmp_path: Path,
+) -> None:
+    """No agent speaks on the shared endpoint when agents are confined: a
+    stranger's small request is answered unauthenticated, a large one is
+    dropped by libzmq unread (no megabyte per message, or per stalled
+    connection, for a stranger to make the supervisor hold)."""
+    import msgpack
+    import zmq
+
+    proc = _start(tmp_path, "")
+    try:
+        shared = "ipc://" + _shared((tmp_path / "endpoint").read_text())
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(shared)
+        sock.send(msgpack.packb({"id": 1, "op": "whoami", "args": {"x": "y" * 1000}}))
+        assert sock.poll(10_000), "no reply to a small request"
+        assert msgpack.unpackb(sock.recv())["error"]["code"] == "unauthenticated"
+        sock.send(msgpack.packb({"id": 2, "op": "whoami", "args": {"x": "y" * (100 << 10)}}))
+        assert not sock.poll(2_000), "a 100 KiB message from a stranger was read"
+        sock.close()
+    finally:
+        code, err = _finish(tmp_path, proc)
+    assert code == 0, err
