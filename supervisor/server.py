@@ -75,6 +75,10 @@ _DESCRIPTOR_RESERVE = 128
 #: its control and descriptor sockets, its endpoint and that endpoint's
 #: monitor, the connect broker's listener and thread, its cgroup's files.
 _AGENT_DESCRIPTORS = 8
+#: Requests served from the shared endpoint per turn when agents are
+#: confined (64 took a stranger's flood of small garbage to a confined
+#: agent's validate p99 of 4.3 ms; 16, to 1.3 ms).
+_STRANGER_BATCH = 16
 #: The largest message the shared endpoint reads when agents are confined.
 _STRANGER_MESSAGE_BYTES = 64 << 10
 #: How far past ``max_message_bytes`` a message may go and still be read
@@ -175,6 +179,10 @@ class Server:
         # every connection the shared endpoint allows cannot keep a confined
         # agent from connecting to its own; their size follows the agents
         # running (_rebudget).
+        #: Requests served from the shared endpoint per turn. When agents are
+        #: confined only strangers speak there, and every batch of their
+        #: refusals is time a confined agent's request waits: a small one.
+        self._shared_batch = _STRANGER_BATCH if confiner is not None else _BATCH
         self._soft_descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._max_connections = max_connections
         self._connections = ConnectionBudget(total=1, per_peer=max_connections_per_peer)
@@ -495,7 +503,7 @@ class Server:
             self._answer_zap()
         for item in ready:
             if item is self._socket:
-                self._serve(item, _BATCH)
+                self._serve(item, self._shared_batch)
             elif item in self._routers:
                 self._serve(item, 1)
         self._timers()
