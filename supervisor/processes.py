@@ -9,6 +9,7 @@ learn of an exit in the same poll as its socket, by event, not by polling.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -80,6 +81,9 @@ class AgentProcess:
     #: The policy key its own requests are judged by; "" for none.
     policy_name: str = ""
     children: set[str] = field(default_factory=set)
+    #: Its children that ended, oldest first: their exit codes are kept for
+    #: ``wait`` while it runs, but only the most recent (see the server).
+    ended_children: collections.deque[str] = field(default_factory=collections.deque)
     returncode: int | None = None
     kill_at: float | None = None
     #: Signals capsup sent it (forwarded, or to stop it).

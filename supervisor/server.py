@@ -68,6 +68,8 @@ _BATCH = 64
 _MAX_QUEUED_REFUSALS = 1024
 #: How long a peer has to complete the ZeroMQ handshake, in milliseconds.
 _HANDSHAKE_MS = 2000
+#: Ended sub-agents whose exit codes a running parent can still wait for.
+_KEPT_ENDED_CHILDREN = 128
 #: Descriptors kept for the loop's own use (the trail, the store, metrics,
 #: a spawn's pipes), which neither connections nor agents may take.
 _DESCRIPTOR_RESERVE = 128
@@ -415,8 +417,17 @@ class Server:
             finished = self.processes.get(child_id)
             if finished is not None and not finished.running:
                 self.processes.forget(finished)
-        if agent.parent is None or self.processes.get(agent.parent) is None:
+        parent = self.processes.get(agent.parent) if agent.parent else None
+        if parent is None:
             self.processes.forget(agent)
+        else:
+            # Kept for its parent's wait; an agent that keeps spawning
+            # short-lived helpers keeps only the most recent ones' codes.
+            parent.ended_children.append(agent.agent_id)
+            while len(parent.ended_children) > _KEPT_ENDED_CHILDREN:
+                oldest = self.processes.get(parent.ended_children.popleft())
+                if oldest is not None and not oldest.running:
+                    self.processes.forget(oldest)
         self.kernel.forget_principal(agent.agent_id)
 
     def _release(self, agent: AgentProcess) -> None:

@@ -210,3 +210,44 @@ def test_a_stubborn_sub_agent_is_killed_once_its_grace_period_is_over(
     assert child.signals_sent == {signal.SIGTERM, signal.SIGKILL}
     assert time.time() >= deadline
     assert server.processes.next_kill() is None
+
+
+@pytest.mark.parametrize("runtime", ["off"], indirect=True)
+def test_only_the_most_recently_ended_sub_agents_are_kept(
+    tmp_path: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent that keeps spawning short-lived helpers does not grow the
+    supervisor's memory: past the bound, the oldest ended sub-agents are
+    forgotten (a wait on one is unknown_agent), the recent ones kept."""
+    import capsup.supervisor.server as server_module
+
+    monkeypatch.setattr(server_module, "_KEPT_ENDED_CHILDREN", 2)
+    (tmp_path / "quick.py").write_text("import sys; sys.exit(int(sys.argv[1]))\n")
+    script = tmp_path / "spawner.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys, time
+            from capsup.agents import UnknownAgent, connect
+            client = connect()
+            ids = []
+            for code in (11, 12, 13, 14):
+                sub = client.spawn([sys.executable, {str(tmp_path / "quick.py")!r}, str(code)])
+                assert client.wait(sub.agent_id, timeout=20) == code
+                ids.append(sub.agent_id)
+            outcomes = []
+            for agent_id in ids:
+                try:
+                    outcomes.append(client.wait(agent_id, timeout=0))
+                except UnknownAgent:
+                    outcomes.append("unknown")
+            open({str(tmp_path / "outcomes.json")!r}, "w").write(json.dumps(outcomes))
+            """
+        )
+    )
+    parent = runtime.server.start_agent([sys.executable, str(script)], name="parent")
+    drive(runtime, lambda: not parent.running, "the spawner to end")
+    assert parent.returncode == 0
+    outcomes = json.loads((tmp_path / "outcomes.json").read_text())
+    assert outcomes == ["unknown", "unknown", 13, 14]
+    assert len(parent.children) <= 2
