@@ -48,8 +48,6 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -57,14 +55,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import msgpack
 import psutil
-import zmq
 from capsup.supervisor.audit import HEAD_META_KEY, parse_head, trail_files, verify
 from capsup.supervisor.config import Config, Settings
 from capsup.supervisor.kernel import CapabilityRequest, Delegation, Kernel
@@ -73,13 +68,12 @@ from capsup.supervisor.principal import OPERATOR, Principal
 from capsup.supervisor.runtime import Runtime, RuntimeOptions
 from capsup.supervisor.store import Store
 from capsup.validators import (
-    ALLOW,
-    Decision,
     FilesystemValidator,
     Use,
-    Validator,
     ValidatorRegistry,
 )
+from kernel import AllowAll
+from protocol import load, machine
 
 ME = Principal("agent-bench", "bench")
 BENCH_ROOT = "bench://r"
@@ -143,35 +137,6 @@ while time.monotonic() < end:
 with open(os.path.join(workdir, f"done-{index}"), "w") as f:
     f.write(str(count))
 """
-
-
-class AllowAll(Validator):
-    """A validator that allows everything (as in benchmarks/kernel.py): what
-    is left is the kernel's own cost, and on the real path the trail's and
-    the metrics'."""
-
-    schemes = frozenset({"bench"})
-    operations = frozenset({"use"})
-
-    def canonical_resource(self, uri: str) -> str:
-        return uri
-
-    def resource_within(self, inner: str, outer: str) -> bool:
-        return inner == outer or inner.startswith(outer.rstrip("/") + "/")
-
-    def normalize_operations(self, operations: Iterable[object]) -> frozenset[str]:
-        return frozenset(str(o) for o in operations)
-
-    def normalize_constraints(self, raw: Mapping[str, object]) -> dict[str, Any]:
-        return dict(raw)
-
-    def meet_constraints(
-        self, first: Mapping[str, Any], second: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        return {**second, **first}
-
-    def check(self, resource: str, constraints: Mapping[str, Any], use: Use) -> Decision:
-        return ALLOW
 
 
 # -- the two paths ----------------------------------------------------------------
@@ -577,26 +542,6 @@ class Report:
         print("\ntargets (issue 17, the real path, judged on the median unless said):")
         for figure, target, result in self.verdicts:
             print(f"  {figure:<54} {target:<22} {result}")
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return (
-        f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}; "
-        f"Python {platform.python_version()}, pyzmq {zmq.__version__}, "
-        f"libzmq {zmq.zmq_version()}, msgpack {'.'.join(map(str, msgpack.version))}; "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 # -- the rows ---------------------------------------------------------------------------
