@@ -42,6 +42,7 @@ __all__ = [
     "AuditHead",
     "AuditKeyRequired",
     "canonical",
+    "clip",
     "format_head",
     "parse_head",
     "record_hash",
@@ -264,28 +265,29 @@ def _jsonable(value: Any) -> Any:
     fail closed on a harmless oddity. Unknown types become their ``repr``.
     """
     if isinstance(value, str):
-        return _clip(value)
+        return clip(value)
     if type(value) in _PLAIN or value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
-        return {_clip(_text(key)): _jsonable(item) for key, item in value.items()}
+        return {clip(_text(key)): _jsonable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(item) for item in value]
     if isinstance(value, set | frozenset):
         return sorted((_jsonable(item) for item in value), key=repr)
     if isinstance(value, bytes):
-        return _clip(value.decode("utf-8", "backslashreplace"))
-    return _clip(_text(value, repr))
+        return clip(value.decode("utf-8", "backslashreplace"))
+    return clip(_text(value, repr))
 
 
-def _clip(text: str) -> str:
-    """``text``, cut to :data:`MAX_TEXT` characters if it is longer. A
-    ``str`` subclass comes out a plain ``str`` (json writes both alike)."""
-    if len(text) <= MAX_TEXT:
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, cut to ``limit`` characters (ending in ``...``) if it is
+    longer: what every record and every message quoting a client's choice
+    holds of it. A ``str`` subclass comes out a plain ``str``."""
+    if len(text) <= limit:
         return text
-    return text[: MAX_TEXT - 3] + "..."
+    return text[: limit - 3] + "..."
 
 
 def _text(value: object, how: Callable[[object], str] = str) -> str:

@@ -21,7 +21,7 @@ from capsup.agents.errors import (
     Revoked,
     UpstreamError,
 )
-from capsup.supervisor.audit_record import MAX_TEXT
+from capsup.supervisor.audit_record import clip
 from capsup.supervisor.events import Event, EventType
 from capsup.supervisor.injection import redact
 from capsup.supervisor.principal import Principal
@@ -60,11 +60,6 @@ ERROR_FOR_REASON: Final[Mapping[str, type[CapsupError]]] = {
     "unavailable": UpstreamError,
     "database_error": UpstreamError,
 }
-
-
-def clip(text: str, limit: int = MAX_TEXT) -> str:
-    """Bound what a client's choice makes a record or a message hold."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def refusal_error(

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from capsup.supervisor.audit_record import clip as clip_text
 from capsup.validators.http import ParsedURL
 from capsup.validators.ipaddrs import IPAddress, forbidden_reason, parse_ip
 
@@ -105,7 +106,9 @@ class HttpRefused(Exception):
 
 
 def clip(text: str, limit: int = _NAME_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A name or value the agent chose, cut for a message (a header's name
+    by default)."""
+    return clip_text(text, limit)
 
 
 def check_agent_headers(headers: object) -> tuple[tuple[str, str], ...]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from capsup.agents.protocol import MAX_MESSAGE_BYTES
+from capsup.supervisor.audit_record import clip as clip_text
 from capsup.validators._common import CONTROL_CHARS, MAX_INT
 
 __all__ = [
@@ -174,10 +175,7 @@ class QueryLimits:
 
 def clip(text: str) -> str:
     """``text`` made printable and cut to :data:`MAX_MESSAGE_CHARS`."""
-    text = CONTROL_CHARS.sub(" ", text)
-    if len(text) > MAX_MESSAGE_CHARS:
-        return text[: MAX_MESSAGE_CHARS - 3] + "..."
-    return text
+    return clip_text(CONTROL_CHARS.sub(" ", text), MAX_MESSAGE_CHARS)
 
 
 def checked_params(params: Sequence[object]) -> tuple[object, ...]:
